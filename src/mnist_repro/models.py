@@ -1,0 +1,152 @@
+"""The seven published architectures, composed from one conv block.
+
+Notation follows ../shared/seed/variants.md: ``conv(8, 16, post="BRD")`` is a
+3x3 Conv2d without padding or bias, then BatchNorm, ReLU, Dropout in that order.
+The post-op order differs between the published steps (lr_scheduler puts ReLU
+before BatchNorm, dropout puts Dropout before ReLU), so it is data, not code.
+
+Add an eighth variant: write a builder below, add it to ``MODELS``, give it an
+entry in params.yaml and its parameter count to tests/test_models.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose keep mask costs a quarter of the random draws.
+
+    On a CPU, drawing one random number per activation is a third of a small
+    model's training step. Here one 64-bit draw yields four 16-bit uniforms, so
+    ``p`` is rounded to a multiple of 1/65536 (0.03 -> 0.029999); activations are
+    kept with probability ``1 - p`` and scaled by ``1 / (1 - p)`` as in nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        cut = round(self.p * 65536)
+        words = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+        # Reinterpret as int16, uniform on [-32768, 32767], laid out like x (channels_last or not).
+        bits = torch.as_strided(words.view(torch.int16), x.shape, x.stride())
+        return x * (bits >= cut - 32768) * (65536 / (65536 - cut))
+
+
+class ConvBlock(nn.Sequential):
+    """Conv2d followed by post-ops, each a letter: B=BatchNorm, R=ReLU, D=Dropout."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, post: str = "", *,
+                 padding: int = 0, bias: bool = False, dropout: float = 0.0):
+        ops = {
+            "B": lambda: nn.BatchNorm2d(c_out),
+            "R": lambda: nn.ReLU(),
+            "D": lambda: Dropout(dropout),
+        }
+        unknown = set(post) - set(ops)
+        if unknown:
+            raise ValueError(f"ConvBlock post-ops {post!r}: unknown letter(s) {sorted(unknown)}; use B, R, D")
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias),
+            *(ops[letter]() for letter in post),
+        )
+
+
+class LogSoftmaxHead(nn.Module):
+    """(N, 10, 1, 1) -> (N, 10) log-probabilities; fails loudly if the map is not 1x1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1):
+            raise ValueError(f"expected a 1x1 map before the classifier, got {tuple(x.shape)}")
+        return torch.log_softmax(x.flatten(1), dim=1)
+
+
+def basic_setup(dropout: float) -> nn.Sequential:
+    def conv(c_in, c_out, post="R", padding=1):
+        return ConvBlock(c_in, c_out, 3, post, padding=padding, bias=True)
+
+    return nn.Sequential(
+        conv(1, 32), conv(32, 64), nn.MaxPool2d(2, 2),             # 28 -> 14
+        conv(64, 128), conv(128, 256), nn.MaxPool2d(2, 2),         # 14 -> 7
+        conv(256, 512, padding=0), conv(512, 1024, padding=0),     # 7 -> 3
+        conv(1024, 10, post="", padding=0),                        # 3 -> 1
+        LogSoftmaxHead(),
+    )
+
+
+def skeleton(dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        ConvBlock(1, 8, post="R"), ConvBlock(8, 16, post="R"),     # 28 -> 24
+        nn.MaxPool2d(2, 2), ConvBlock(16, 8, 1, "R"),              # transition: 12
+        ConvBlock(8, 10, post="R"), ConvBlock(10, 10, post="R"),   # 12 -> 8
+        ConvBlock(10, 16, post="R"), ConvBlock(16, 10, 1),         # 8 -> 6
+        nn.AvgPool2d(6), LogSoftmaxHead(),
+    )
+
+
+def _bn_body(post: str, dropout: float) -> list[nn.Module]:
+    """batch_norm / dropout: BN (and Dropout) after every conv, the last one included."""
+    def conv(c_in, c_out, kernel=3):
+        return ConvBlock(c_in, c_out, kernel, post, dropout=dropout)
+
+    return [
+        conv(1, 8), conv(8, 16), nn.MaxPool2d(2, 2), conv(16, 8, 1),
+        conv(8, 10), conv(10, 16), conv(16, 10),
+        nn.AvgPool2d(6), LogSoftmaxHead(),
+    ]
+
+
+def batch_norm(dropout: float) -> nn.Sequential:
+    return nn.Sequential(*_bn_body("BR", dropout))
+
+
+def dropout(dropout: float) -> nn.Sequential:
+    return nn.Sequential(*_bn_body("BDR", dropout))
+
+
+def fc_after_gap(dropout: float) -> nn.Sequential:
+    def conv(c_in, c_out, kernel=3):
+        return ConvBlock(c_in, c_out, kernel, "BRD", dropout=dropout)
+
+    return nn.Sequential(
+        conv(1, 8), conv(8, 16), nn.MaxPool2d(2, 2), conv(16, 8, 1),
+        conv(8, 10), conv(10, 16), conv(16, 16),
+        nn.AvgPool2d(6),
+        ConvBlock(16, 10, 1),                                      # the "FC" after GAP
+        LogSoftmaxHead(),
+    )
+
+
+def lr_scheduler(dropout: float) -> nn.Sequential:
+    def conv(c_in, c_out, kernel=3):
+        return ConvBlock(c_in, c_out, kernel, "RBD", dropout=dropout)
+
+    return nn.Sequential(
+        conv(1, 8), conv(8, 16), nn.MaxPool2d(2, 2),
+        ConvBlock(16, 8, 1),                                       # bare transition 1x1
+        conv(8, 10), conv(10, 16), conv(16, 18),
+        nn.AvgPool2d(6),
+        conv(18, 16, 1), ConvBlock(16, 10, 1),                     # two "FC" layers after GAP
+        LogSoftmaxHead(),
+    )
+
+
+MODELS = {
+    "basic_setup": basic_setup,
+    "skeleton": skeleton,
+    "batch_norm": batch_norm,
+    "dropout": dropout,
+    "fc_after_gap": fc_after_gap,
+    "lr_scheduler": lr_scheduler,
+}
+
+
+def build_model(name: str, dropout: float = 0.0) -> nn.Sequential:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
