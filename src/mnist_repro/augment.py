@@ -43,7 +43,9 @@ def inverse_affine(angle, translate_x, translate_y, scale, shear_x) -> torch.Ten
     """(N, 2, 3) output->input maps in pixels about the image centre.
 
     Vectorised ``torchvision.transforms.functional._get_inverse_affine_matrix``
-    with centre (0, 0) and no y-shear; angles in degrees.
+    with centre (0, 0) and no y-shear; angles in degrees. ``warp`` with it equals
+    ``F.affine(angle=angle, ...)`` on a tensor and ``F.rotate(-angle)``; the
+    published ranges are symmetric, so the sign convention does not matter.
     """
     rot, sx = torch.deg2rad(angle), torch.deg2rad(shear_x)
     # rotation-shear matrix RSS = [[a, b], [c, d]], det 1; torchvision's formula with sy = 0
@@ -85,29 +87,38 @@ def jitter(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tenso
     return torch.where(first, bright(contr(images)), contr(bright(images)))
 
 
+def sample_params(n: int, ranges: AugmentRanges = PUBLISHED, device=None,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One independent draw per image, as torchvision's get_params would make."""
+    def uniform(lo, hi):
+        return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
+
+    max_translate = ranges.translate * 28
+    return {
+        "rotation": uniform(-ranges.rotation, ranges.rotation),
+        "angle": uniform(-ranges.affine_degrees, ranges.affine_degrees),
+        # torchvision: int(round(uniform(-max_dx, max_dx))), whole pixels
+        "translate_x": torch.round(uniform(-max_translate, max_translate)),
+        "translate_y": torch.round(uniform(-max_translate, max_translate)),
+        "scale": uniform(*ranges.scale),
+        "shear": uniform(-ranges.shear, ranges.shear),
+        "brightness": uniform(1 - ranges.brightness, 1 + ranges.brightness),
+        "contrast": uniform(1 - ranges.contrast, 1 + ranges.contrast),
+        "contrast_first": torch.rand(n, device=device, generator=generator) < 0.5,
+    }
+
+
+def apply_params(images: torch.Tensor, p: dict[str, torch.Tensor],
+                 ranges: AugmentRanges = PUBLISHED) -> torch.Tensor:
+    """Rotation, then affine, then jitter: the published order."""
+    zeros, ones = torch.zeros_like(p["scale"]), torch.ones_like(p["scale"])
+    images = warp(images, inverse_affine(p["rotation"], zeros, zeros, ones, zeros), ranges.rotation_fill)
+    images = warp(images, inverse_affine(p["angle"], p["translate_x"], p["translate_y"], p["scale"], p["shear"]),
+                  ranges.affine_fill)
+    return jitter(images, p["brightness"], p["contrast"], p["contrast_first"])
+
+
 def augment_batch(images: torch.Tensor, ranges: AugmentRanges = PUBLISHED,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Augment (N, 1, H, W) float images in [0, 1]; each image gets its own random draw."""
-    n, _, h, w = images.shape
-    dev = images.device
-
-    def uniform(lo, hi):
-        return torch.rand(n, device=dev, generator=generator) * (hi - lo) + lo
-
-    zeros, ones = torch.zeros(n, device=dev), torch.ones(n, device=dev)
-    rotation = uniform(-ranges.rotation, ranges.rotation)
-    images = warp(images, inverse_affine(rotation, zeros, zeros, ones, zeros), ranges.rotation_fill)
-
-    angle = uniform(-ranges.affine_degrees, ranges.affine_degrees)
-    max_dx, max_dy = ranges.translate * w, ranges.translate * h
-    tx = torch.round(uniform(-max_dx, max_dx))   # torchvision: int(round(uniform(-max_dx, max_dx)))
-    ty = torch.round(uniform(-max_dy, max_dy))
-    scale = uniform(*ranges.scale)
-    shear = uniform(-ranges.shear, ranges.shear)
-    images = warp(images, inverse_affine(angle, tx, ty, scale, shear), ranges.affine_fill)
-
-    brightness = uniform(1 - ranges.brightness, 1 + ranges.brightness)
-    contrast = uniform(1 - ranges.contrast, 1 + ranges.contrast)
-    contrast_first = torch.rand(n, device=dev, generator=generator) < 0.5
-    return jitter(images, brightness, contrast, contrast_first)
-
+    """Augment (N, 1, 28, 28) float images in [0, 1]; each image gets its own random draw."""
+    return apply_params(images, sample_params(len(images), ranges, images.device, generator), ranges)
