@@ -27,3 +27,37 @@ def published_loader(data_root, *, train: bool, mean: float, std: float, augment
         dataset = torch.utils.data.Subset(dataset, range(limit))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,
                                        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def train_published(model, optimizer, scheduler, train_loader, test_loader, epochs: int, log=print) -> list[dict]:
+    """The notebooks' train/test loop, kept as plain as published; returns per-epoch numbers."""
+    import torch.nn.functional as F
+
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in train_loader:
+            out = model(x)
+            loss = F.nll_loss(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+        model.eval()
+        test_loss, test_correct, n = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                out = model(x)
+                test_loss += F.nll_loss(out, y, reduction="sum").item()
+                test_correct += (out.argmax(1) == y).sum().item()
+                n += len(y)
+        history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": 100 * correct / seen,
+                        "test_loss": test_loss / n, "test_acc": 100 * test_correct / n})
+        log(f"published path epoch {epoch}/{epochs}: train acc {100 * correct / seen:.2f}% | "
+            f"test loss {test_loss / n:.4f} acc {100 * test_correct / n:.2f}%")
+    return history
