@@ -71,14 +71,15 @@ class TrainConfig:
     test_limit: int = 0
     sync_batchnorm: bool = True
     channels_last: bool = True
+    cpu_threads: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ParamsError(f"train.{name}: must be a positive integer, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit"):
+        for name in ("train_limit", "test_limit", "cpu_threads"):
             if getattr(self, name) < 0:
-                raise ParamsError(f"train.{name}: must be 0 (all images) or a positive count")
+                raise ParamsError(f"train.{name}: must be 0 (the default) or a positive count, got {getattr(self, name)}")
         if self.std <= 0:
             raise ParamsError(f"train.std: must be positive, got {self.std}")
 

@@ -77,7 +77,11 @@ def _gunzip_into(read_gz, dest: Path) -> None:
     """read_gz(name) -> bytes of `<name>.gz`; each file is checked as soon as it is written."""
     for name in MNIST_FILES:
         try:
-            data = gzip.decompress(read_gz(name))
+            compressed = read_gz(name)
+        except OSError as e:  # missing file, HTTP 404, refused connection (URLError is an OSError)
+            raise DataError(f"{name}.gz: cannot be read ({e})") from None
+        try:
+            data = gzip.decompress(compressed)
         except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
             raise DataError(f"{name}.gz: not a valid gzip file ({e})") from None
         (dest / name).write_bytes(data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,15 @@ LOG_EVERY = 20  # steps between progress-bar refreshes; each one costs a host-de
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite; no metrics are written."""
+
+
+def cpu_threads_per_process(requested: int) -> int:
+    """`accelerate launch` without --cpu sets OMP_NUM_THREADS=1, which on a CPU-only
+    machine leaves every core but one idle; 0 shares the cores among local processes."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def make_accelerator() -> Accelerator:
@@ -140,6 +150,11 @@ def evaluate(model, data: Dataset, cfg: TrainConfig, accelerator: Accelerator) -
     in batch count.
     """
     model.eval()
+    if accelerator.num_processes > 1:
+        # Without SyncBatchNorm each rank has updated its BatchNorm running statistics
+        # from its own share since DDP last broadcast them; evaluate rank 0's, the saved model.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     share = torch.arange(len(data)).tensor_split(accelerator.num_processes)[accelerator.process_index]
     dev = accelerator.device
     loss_sum = torch.zeros((), device=dev)
@@ -224,7 +239,9 @@ class Checkpoint:
 
 
 def run_fingerprint(cfg: TrainConfig, variant: VariantConfig, seed: int, world: int) -> str:
-    settings = {"train": asdict(cfg), "variant": asdict(variant), "seed": seed, "processes": world}
+    train = asdict(cfg)
+    del train["cpu_threads"]  # speed only: a run may resume with another thread count
+    settings = {"train": train, "variant": asdict(variant), "seed": seed, "processes": world}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -272,6 +289,8 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
                           f"choose a multiple of {world} or launch fewer processes")
     # Same weights on every process (DDP would broadcast rank 0's anyway), then
     # per-process streams so every process draws its own augmentation and dropout.
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads_per_process(cfg.cpu_threads))
     set_seed(seed)
     model = build_model(variant.model, variant.dropout)
     params = count_parameters(model)

@@ -1,0 +1,142 @@
+"""The seven architectures as params.yaml builds them, and the custom Dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_repro.config import load_params
+from mnist_repro.models import ConvBlock, Dropout, build_model, count_parameters
+
+# The published table (../shared/seed/variants.md), pinned exactly.
+PUBLISHED_PARAMS = {
+    "basic_setup": 6_379_786,
+    "skeleton": 4_572,
+    "batch_norm": 5_088,
+    "dropout": 5_088,
+    "fc_after_gap": 6_124,
+    "augmentation": 6_124,
+    "lr_scheduler": 6_720,
+}
+
+
+@pytest.fixture(scope="module")
+def variants(repo_root):
+    return load_params(repo_root / "params.yaml").variants
+
+
+def test_params_yaml_lists_the_seven_variants_in_order(variants):
+    assert list(variants) == list(PUBLISHED_PARAMS)
+    assert variants["augmentation"].model == "fc_after_gap"
+
+
+@pytest.mark.parametrize("name", PUBLISHED_PARAMS)
+def test_parameter_count_matches_published(variants, name):
+    v = variants[name]
+    model = build_model(v.model, v.dropout)
+    assert count_parameters(model) == PUBLISHED_PARAMS[name]
+    assert v.published.params == PUBLISHED_PARAMS[name]  # the report's table agrees too
+
+
+@pytest.mark.parametrize("name", PUBLISHED_PARAMS)
+@pytest.mark.parametrize("train_mode", [True, False], ids=["train", "eval"])
+def test_forward_gives_log_probabilities(variants, name, train_mode):
+    v = variants[name]
+    torch.manual_seed(0)
+    model = build_model(v.model, v.dropout).train(train_mode)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (4, 10)
+    assert torch.isfinite(out).all()
+    assert (out <= 0).all()
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
+
+
+def test_forward_in_channels_last(variants):
+    v = variants["lr_scheduler"]
+    model = build_model(v.model, v.dropout).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_build_model_rejects_unknown_name():
+    with pytest.raises(ValueError, match="resnet"):
+        build_model("resnet")
+
+
+def test_convblock_post_op_order_is_data():
+    block = ConvBlock(1, 8, post="RBD", dropout=0.1)
+    kinds = [type(m).__name__ for m in block]
+    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "Dropout"]
+    assert isinstance(block[3], Dropout) and block[3].p == 0.1
+
+
+@pytest.mark.parametrize("post", ["BX", "r", "BRD "])
+def test_convblock_rejects_unknown_post_op(post):
+    with pytest.raises(ValueError, match="unknown letter"):
+        ConvBlock(1, 8, post=post)
+
+
+# --- the fast Dropout -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.03, 0.1, 0.5])
+def test_dropout_keeps_one_minus_p_and_preserves_the_mean(p):
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.ones(1_000_000)
+    out = drop(x)
+    cut = round(p * 65536)
+    scale = 65536 / (65536 - cut)
+    kept = out != 0
+    # Binomial standard deviation of the kept fraction is <= 5e-4 here: 6 sigma is 3e-3.
+    assert abs(kept.float().mean().item() - (1 - p)) < 3e-3
+    # Kept activations scaled by 1/(1-p) (p rounded to a multiple of 1/65536), the rest zero.
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], scale))
+    assert abs(scale - 1 / (1 - p)) < 1e-4
+    assert abs(out.mean().item() - 1.0) < 4e-3
+
+
+def test_dropout_mask_is_random_per_element():
+    """Four 16-bit draws per 64-bit word: neighbours must still be independent."""
+    torch.manual_seed(0)
+    out = Dropout(0.5).train()(torch.ones(400_000))
+    kept = (out != 0).view(-1, 4).float()
+    # Each of the four lanes ~1/2 and the lanes uncorrelated (P(both kept) ~ 1/4).
+    torch.testing.assert_close(kept.mean(0), torch.full((4,), 0.5), atol=6e-3, rtol=0)
+    both = (kept[:, 0] * kept[:, 1]).mean().item()
+    assert abs(both - 0.25) < 6e-3
+    # And two calls draw different masks.
+    assert not torch.equal(out, Dropout(0.5).train()(torch.ones(400_000)))
+
+
+def test_dropout_is_identity_in_eval_mode_and_at_p0():
+    x = torch.randn(8, 16, 5, 5)
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 12, 12), (3, 5, 7, 7)])  # 3*5*7*7 is not a multiple of 4
+def test_dropout_preserves_channels_last(shape):
+    torch.manual_seed(0)
+    x = torch.rand(shape).contiguous(memory_format=torch.channels_last) + 0.5
+    out = Dropout(0.25).train()(x)
+    assert out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    assert 0.5 < kept.float().mean().item() < 0.95
+    # Contiguous (NCHW) input stays contiguous too.
+    assert Dropout(0.25).train()(x.contiguous()).is_contiguous()
+
+
+def test_dropout_gradient_flows_through_kept_units_only():
+    torch.manual_seed(0)
+    x = torch.ones(1000, requires_grad=True)
+    out = Dropout(0.2).train()(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach())
