@@ -16,7 +16,7 @@ from mnist_repro.config import load_params
 from mnist_repro.consistency import InputFileError
 from mnist_repro.io import atomic_path, write_json
 from mnist_repro.report import (README_BEGIN, README_END, ReportInputs, band_half_width, compare,
-                                load_inputs, render_readme_block, replace_readme_block, results_table,
+                                describe_machine, load_inputs, render_readme_block, replace_readme_block, results_table,
                                 trend, verdict)
 from mnist_repro.train import make_accelerator, run_training
 
@@ -150,8 +150,11 @@ def test_readme_block_is_the_report_table(built):
     assert table_of(readme) == table_of(report)
     params = load_params(built / "params.yaml")
     inputs = load_inputs(params, built / "metrics", built / "metrics/history", built / "metrics/consistency.json")
-    block = render_readme_block(inputs, "metrics/report.md")
+    run_line = next(line for line in readme.splitlines() if line.startswith("Run: "))
+    date = run_line.split("Report generated ")[1].split(" ")[0]
+    block = render_readme_block(inputs, "metrics/report.md", describe_machine(), date)
     assert f"{README_BEGIN}\n{block}\n{README_END}" in readme
+    assert "variants × 1 epochs" in run_line and "training wall time" in run_line
     assert replace_readme_block(readme, block) == readme  # a rerun changes nothing
     assert stat.S_IMODE((built / "README.md").stat().st_mode) == 0o644
 
@@ -226,6 +229,17 @@ def test_parameter_mismatch_is_flagged():
     inputs = hand_made_inputs({n: v.published.best_test for n, v in params.variants.items()}, 0.05)
     inputs.metrics["dropout"]["params"] = 5_000
     assert "| 5,000 / 5,088 **mismatch** |" in results_table(compare(inputs))
+
+
+def epochs_with(test_accs: list[float]) -> list[dict]:
+    return [{"epoch": i + 1, "test_acc": a, "test_loss": 2.3 if a < 20 else 0.05} for i, a in enumerate(test_accs)]
+
+
+def test_stalled_start_and_late_swing():
+    from mnist_repro.report import largest_swing, stalled_epochs
+    assert stalled_epochs(epochs_with([9.8, 11.4, 87.0, 95.0])) == 2
+    assert stalled_epochs(epochs_with([92.0, 9.8])) == 0  # only a leading stall counts
+    assert largest_swing(epochs_with([10.0, 98.0, 98.6, 98.5, 98.7, 98.4, 98.9])) == pytest.approx(0.5)
 
 
 def test_trend_of_the_last_epochs():

@@ -194,6 +194,7 @@ def killed(setup):
     saved = json.loads(manifest.read_text())
     # a copy of the unfinished checkpoint, for the changed-params test
     shutil.copytree(ckpt, out / "ckpt-copy")
+    shutil.copytree(ckpt, out / "ckpt-safe")
     return dict(out=out, ckpt=ckpt, saved_epochs=len(saved["history"]))
 
 
@@ -244,3 +245,20 @@ def test_checkpoint_from_other_params_is_not_resumed(killed, setup, capsys):
     assert manifest["state"] == f"epoch-{EPOCHS}" and len(manifest["history"]) == EPOCHS
     result.checkpoint.finish(make_accelerator())
     assert [p.name for p in ckpt.iterdir()] == ["run.json"]
+
+
+def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
+    """Every file of the saved state is read with torch.load(weights_only=True): a tampered
+    checkpoint cannot run code."""
+    real_load, calls = torch.load, []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    params = load_params(setup["params"])
+    run_training(params.variant(VARIANT), params.train, setup["data"], checkpoint_dir=killed["out"] / "ckpt-safe",
+                 accelerator=make_accelerator())
+    assert "resuming after epoch" in capsys.readouterr().out
+    assert calls and all(w is True for w in calls), calls

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig, VariantConfig
+from .config import ParamsError, TrainConfig, VariantConfig
 from .models import build_model
 from .published import published_loader
 from .train import (Dataset, build_optimizer, build_scheduler, evaluate, load_datasets,
@@ -46,14 +46,14 @@ def time_ours(variant, cfg, train: Dataset, test: Dataset, steps: int, accelerat
     return train_s, time.perf_counter() - start
 
 
-def time_baseline(variant, cfg, data_root, steps: int) -> tuple[float, float]:
+def time_baseline(variant, cfg, data_root, steps: int, images: int) -> tuple[float, float]:
     model, optimizer, scheduler = _fresh(variant, cfg.__class__(**{**cfg.__dict__, "channels_last": False}),
                                          steps, "cpu")
     kwargs = dict(mean=cfg.mean, std=cfg.std, batch_size=cfg.batch_size)
     start = time.perf_counter()  # includes the worker start-up, as every published epoch pays it
     model.train()
     for x, y in published_loader(data_root, train=True, augment=variant.augment,
-                                 limit=steps * cfg.batch_size, **kwargs):
+                                 limit=images, **kwargs):
         loss = F.nll_loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -89,10 +89,11 @@ def peak_rss_mib() -> float:
 def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: int, repeats: int,
                   accelerator, log=print) -> dict:
     train, test = load_datasets(data_root, cfg, accelerator.device)
-    n = steps * cfg.batch_size
-    if n > len(train):
-        raise ValueError(f"benchmark.steps: {steps} steps x {cfg.batch_size} images exceed the "
-                         f"{len(train)} training images; lower benchmark.steps")
+    per_epoch = steps_per_epoch(len(train), cfg.batch_size)
+    if not 0 < steps <= per_epoch:
+        raise ParamsError(f"benchmark.steps: {steps} is not between 1 and the {per_epoch} steps of one epoch "
+                          f"of {len(train)} images in batches of {cfg.batch_size}; choose a step count in that range")
+    n = min(steps * cfg.batch_size, len(train))  # a whole epoch ends on a short batch
     train = Dataset(train.images[:n], train.labels[:n])
     ours, base = [], []
     rss_ours = None
@@ -103,7 +104,7 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
                 ours.append(time_ours(variant, cfg, train, test, steps, accelerator))
                 rss_ours = rss_ours or peak_rss_mib()  # before the baseline ever ran
             else:
-                base.append(time_baseline(variant, cfg, data_root, steps))
+                base.append(time_baseline(variant, cfg, data_root, steps, n))
             log(f"repeat {r + 1}/{repeats} {path}: train {(ours if path == 'ours' else base)[-1][0]:.1f} s")
 
     def summary(i: int, images: int) -> dict:
@@ -125,7 +126,7 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
         "train": summary(0, n),
         "test": summary(1, len(test)),
         "epoch_seconds_ours": round(statistics.median(t[0] for t in ours) / steps
-                                    * steps_per_epoch(60_000, cfg.batch_size), 1),
+                                    * per_epoch, 1),
         "peak_rss_mib_ours": round(rss_ours, 1),
         "peak_rss_mib_process": round(peak_rss_mib(), 1),
         "profile_ours": profile_ours(variant, cfg, train, accelerator),
