@@ -68,8 +68,9 @@ def test_metrics_show_lists_all_seven_variants(project):
         assert m["optimizer_steps"] == 2  # ceil(256 / 128)
     seed = files["metrics/consistency/seed_2.json"]["data"]
     assert seed["variant"] == "lr_scheduler" and seed["seed"] == 2
-    consistency = files["metrics/consistency.json"]["data"]
-    assert sorted(run["seed"] for run in consistency["runs"]) == [1, 2]
+    assert files["metrics/consistency.json"]["data"]["n"] == 2  # train.seed and the one extra seed
+    consistency = json.loads((project["work"] / "metrics/consistency.json").read_text())
+    assert sorted(s["seed"] for s in consistency["seeds"]) == [1, 2]
     assert files["metrics/benchmark.json"]["data"]["variant"] == "lr_scheduler"
 
 

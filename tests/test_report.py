@@ -154,7 +154,7 @@ def test_readme_block_is_the_report_table(built):
     date = run_line.split("Report generated ")[1].split(" ")[0]
     block = render_readme_block(inputs, "metrics/report.md", describe_machine(), date)
     assert f"{README_BEGIN}\n{block}\n{README_END}" in readme
-    assert "variants × 1 epochs" in run_line and "training wall time" in run_line
+    assert f"{len(TINY_VARIANTS)} variants × " in run_line and "training wall time" in run_line
     assert replace_readme_block(readme, block) == readme  # a rerun changes nothing
     assert stat.S_IMODE((built / "README.md").stat().st_mode) == 0o644
 
@@ -200,7 +200,7 @@ def hand_made_inputs(best_test: dict, seed_std: float) -> ReportInputs:
     for name, v in params.variants.items():
         metrics[name] = {"variant": name, "params": v.published.params, "best_train_acc": 99.0,
                          "best_test_acc": best_test[name], "best_test_epoch": 15, "final_test_acc": best_test[name],
-                         "epochs": 15, "test_images": 10_000}
+                         "epochs": 15, "test_images": 10_000, "wall_seconds": 90.0}
     consistency = {"variant": "lr_scheduler", "best_test_acc": {"std": seed_std}}
     return ReportInputs(params, metrics, {}, consistency)
 
@@ -222,6 +222,7 @@ def test_compare_on_constructed_numbers():
     table = results_table(list(rows.values()))
     assert "| 6,720 / 6,720 |" in table and "| -0.25 | below (±0.20) |" in table
     assert "| +0.25 | above (±0.20) |" in table and "mismatch" not in table
+    assert all(row.endswith("| 1.5 min |") for row in table.splitlines()[2:])  # each run's wall_seconds
 
 
 def test_parameter_mismatch_is_flagged():

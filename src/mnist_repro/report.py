@@ -143,7 +143,8 @@ def _duration(seconds: float) -> str:
 
 def results_table(comparisons: list[Comparison]) -> str:
     headers = ["Variant", "Target", "Params: ours / published", "Best train: ours (published)", "Best test",
-               "Best-test epoch", "Final test", "Published best test", "Δ best test", "Verdict (band ±)"]
+               "Best-test epoch", "Final test", "Published best test", "Δ best test", "Verdict (band ±)",
+               "Wall time"]
     rows = []
     for c in comparisons:
         m, pub = c.metrics, c.variant.published
@@ -151,8 +152,8 @@ def results_table(comparisons: list[Comparison]) -> str:
         rows.append([c.variant.name, c.variant.target, params,
                      f"{_pct(m['best_train_acc'])} ({_pct(pub.best_train)})", _pct(m["best_test_acc"]),
                      f"{m['best_test_epoch']} of {m['epochs']}", _pct(m["final_test_acc"]), _pct(pub.best_test),
-                     f"{c.difference:+.2f}", f"{c.verdict} (±{c.half_width:.2f})"])
-    return markdown_table(headers, rows, numeric={4, 5, 6, 7, 8})
+                     f"{c.difference:+.2f}", f"{c.verdict} (±{c.half_width:.2f})", _duration(m["wall_seconds"])])
+    return markdown_table(headers, rows, numeric={4, 5, 6, 7, 8, 10})
 
 
 def describe_machine() -> str:
