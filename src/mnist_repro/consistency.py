@@ -23,11 +23,16 @@ def seed_metrics_path(runs_dir: str | Path, seed: int) -> Path:
     return Path(runs_dir) / f"seed_{seed}.json"
 
 
-def read_run_metrics(path: str | Path, *, variant: str, seed: int, how_to_make: str) -> dict:
+def read_input(path: str | Path, how_to_make: str):
+    """A stage's JSON input, or one line saying it is missing and which stage writes it."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: missing; {how_to_make}")
-    metrics = read_json(path)
+    return read_json(path)
+
+
+def read_run_metrics(path: str | Path, *, variant: str, seed: int, how_to_make: str) -> dict:
+    metrics = read_input(path, how_to_make)
     if metrics.get("variant") != variant or metrics.get("seed") != seed:
         raise InputFileError(
             f"{path}: holds variant {metrics.get('variant')!r} seed {metrics.get('seed')!r}, expected "

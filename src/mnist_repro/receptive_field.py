@@ -63,16 +63,13 @@ def _post_op_name(module: nn.Module) -> str:
 
 def _spatial_op(module: nn.Module):
     """(description, kernel, stride, padding, dilation) for a layer that changes the grid, else None."""
+    conv, post = module, []
     if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], nn.Conv2d):
-        conv = module[0]
-        post = [_post_op_name(m) for m in list(module)[1:]]
+        conv, post = module[0], [_post_op_name(m) for m in list(module)[1:]]  # a conv block
+    if isinstance(conv, nn.Conv2d):
         k = _square(conv.kernel_size, "kernel_size")
         desc = f"Conv2d {k}x{k}" + (" + " + ", ".join(post) if post else "")
         return desc, k, _square(conv.stride, "stride"), _square(conv.padding, "padding"), _square(conv.dilation, "dilation")
-    if isinstance(module, nn.Conv2d):
-        k = _square(module.kernel_size, "kernel_size")
-        return (f"Conv2d {k}x{k}", k, _square(module.stride, "stride"), _square(module.padding, "padding"),
-                _square(module.dilation, "dilation"))
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         if getattr(module, "ceil_mode", False):
             raise ValueError(f"{module}: ceil_mode=True is not supported by the floor recurrence")

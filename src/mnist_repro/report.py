@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from .config import Params, TrainConfig, VariantConfig, load_params
-from .consistency import TARGET_ACC, InputFileError
+from .consistency import TARGET_ACC, InputFileError, read_input
 from .data import load_split
 from .figures import curves_figure, misclassified_figure, overlay_figure
-from .io import atomic_path, read_json, write_text
+from .io import atomic_path, write_text
 from .models import build_model, count_parameters
 from .receptive_field import layer_table
 from .train import prepare_images
@@ -51,24 +51,18 @@ class ReportInputs:
         return list(self.params.variants.values())[-1]
 
 
-def _read_input(path: Path, how_to_make: str):
-    if not path.is_file():
-        raise InputFileError(f"{path}: missing; {how_to_make}")
-    return read_json(path)
-
-
 def load_inputs(params: Params, metrics_dir: str | Path, history_dir: str | Path,
                 consistency_path: str | Path) -> ReportInputs:
     metrics, histories = {}, {}
     for name in params.variants:
         rerun = f"run `dvc repro train@{name}`"
-        m = _read_input(Path(metrics_dir) / f"{name}.json", rerun)
-        h = _read_input(Path(history_dir) / f"{name}.json", rerun)
+        m = read_input(Path(metrics_dir) / f"{name}.json", rerun)
+        h = read_input(Path(history_dir) / f"{name}.json", rerun)
         if m.get("variant") != name or len(h) != m.get("epochs"):
             raise InputFileError(f"{Path(metrics_dir) / f'{name}.json'}: does not match variant {name!r} "
                                  f"or its {len(h)}-epoch history; {rerun}")
         metrics[name], histories[name] = m, h
-    consistency = _read_input(Path(consistency_path), "run `dvc repro consistency`")
+    consistency = read_input(Path(consistency_path), "run `dvc repro consistency`")
     if consistency.get("variant") != params.consistency.variant:
         raise InputFileError(f"{consistency_path}: summarises {consistency.get('variant')!r}, params.yaml says "
                              f"consistency.variant is {params.consistency.variant!r}; run `dvc repro consistency`")
