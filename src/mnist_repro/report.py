@@ -165,9 +165,13 @@ def describe_machine() -> str:
     return f"{cpu} ({cores} cores), {gpu}, torch {torch.__version__}"
 
 
+def total_wall_seconds(inputs: ReportInputs) -> float:
+    return sum(m["wall_seconds"] for m in inputs.metrics.values())
+
+
 def run_summary(inputs: ReportInputs) -> str:
     """One line: what ran, where, and how long it took in total."""
-    total = sum(m["wall_seconds"] for m in inputs.metrics.values())
+    total = total_wall_seconds(inputs)
     return (f"{len(inputs.metrics)} variants × {_uniform_or_listed(inputs, 'epochs')} epochs, seed "
             f"{_uniform_or_listed(inputs, 'seed')}, on {_uniform_or_listed(inputs, 'device')} × "
             f"{_uniform_or_listed(inputs, 'num_processes')} process(es); training wall time "
@@ -207,7 +211,7 @@ def _uniform_or_listed(inputs: ReportInputs, key: str, fmt=str) -> str:
 
 
 def run_section(inputs: ReportInputs, machine: str, date: str) -> list[str]:
-    total = sum(m["wall_seconds"] for m in inputs.metrics.values())
+    total = total_wall_seconds(inputs)
     n = len(inputs.metrics)
     return [
         f"- Generated {date} on {machine} (the machine that ran the report stage)",
