@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     params = load_params(args.params)
     bench = params.benchmark
     result = run_benchmark(params.variant(bench.variant), params.train, args.data,
-                           bench.steps, bench.repeats, make_accelerator())
+                           bench.steps, bench.repeats, make_accelerator(), bench.mixed_precision)
     write_json(args.out, result)
     print({k: result[k] for k in ("variant", "train", "test", "peak_rss_mib_ours")})
 

@@ -4,15 +4,18 @@ Both paths train the same architecture with the same optimiser and batch size
 for the same number of steps; only the data path differs:
 
 * ours: tensors on the device, augmentation as a batch op (``train_one_epoch``);
+* ours under mixed precision (``benchmark.mixed_precision``): the same loop inside
+  ``torch.autocast``, which is what Accelerate's bf16/fp16 wraps the forward in;
 * baseline: ``torchvision.datasets.MNIST`` + per-image PIL transforms in a
   ``DataLoader`` (shuffle, one worker), the published notebooks' way.
 
-Repeats alternate which path goes first, so drift in machine speed (other
+Repeats rotate which path goes first, so drift in machine speed (other
 jobs, thermal, noisy neighbours) hits both; medians are reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from .config import ParamsError, TrainConfig, VariantConfig
 from .models import build_model
 from .published import published_loader
-from .train import (Dataset, build_optimizer, build_scheduler, evaluate, load_datasets,
+from .train import (Dataset, build_optimizer, build_scheduler, describe_device, evaluate, load_datasets,
                     steps_per_epoch, train_one_epoch)
 
 
@@ -35,15 +38,22 @@ def _fresh(variant: VariantConfig, cfg: TrainConfig, steps: int, device):
     return model, optimizer, build_scheduler(optimizer, variant, epochs=1, steps=steps)
 
 
-def time_ours(variant, cfg, train: Dataset, test: Dataset, steps: int, accelerator) -> tuple[float, float]:
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def time_ours(variant, cfg, train: Dataset, test: Dataset, steps: int, accelerator,
+              mixed_precision: str = "no") -> tuple[float, float]:
     model, optimizer, scheduler = _fresh(variant, cfg, steps, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start = time.perf_counter()
-    train_one_epoch(model, optimizer, scheduler, train, cfg, variant, cfg.seed, 1, accelerator)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    evaluate(accelerator.unwrap_model(model), test, cfg, accelerator)
-    return train_s, time.perf_counter() - start
+    autocast = (torch.autocast(accelerator.device.type, dtype=AUTOCAST_DTYPES[mixed_precision])
+                if mixed_precision != "no" else contextlib.nullcontext())
+    with autocast:
+        start = time.perf_counter()
+        train_one_epoch(model, optimizer, scheduler, train, cfg, variant, cfg.seed, 1, accelerator)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        evaluate(accelerator.unwrap_model(model), test, cfg, accelerator)
+        return train_s, time.perf_counter() - start
 
 
 def time_baseline(variant, cfg, data_root, steps: int, images: int) -> tuple[float, float]:
@@ -87,34 +97,39 @@ def peak_rss_mib() -> float:
 
 
 def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: int, repeats: int,
-                  accelerator, log=print) -> dict:
+                  accelerator, mixed_precision: str = "bf16", log=print) -> dict:
+    """Time ours, ours under ``mixed_precision`` and the published path; ``steps`` 0 = one epoch."""
     train, test = load_datasets(data_root, cfg, accelerator.device)
     per_epoch = steps_per_epoch(len(train), cfg.batch_size)
-    if not 0 < steps <= per_epoch:
-        raise ParamsError(f"benchmark.steps: {steps} is not between 1 and the {per_epoch} steps of one epoch "
-                          f"of {len(train)} images in batches of {cfg.batch_size}; choose a step count in that range")
+    steps = steps or per_epoch
+    if steps > per_epoch:
+        raise ParamsError(f"benchmark.steps: {steps} is more than the {per_epoch} steps of one epoch "
+                          f"of {len(train)} images in batches of {cfg.batch_size}; use 0 (one epoch) or fewer")
     n = min(steps * cfg.batch_size, len(train))  # a whole epoch ends on a short batch
     train = Dataset(train.images[:n], train.labels[:n])
-    ours, base = [], []
+    mp_path = f"ours_{mixed_precision}"
+    timings = {"ours": [], mp_path: [], "baseline": []}
     rss_ours = None
     for r in range(repeats):
-        order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
+        order = list(timings)[r % 3:] + list(timings)[:r % 3]
         for path in order:
-            if path == "ours":
-                ours.append(time_ours(variant, cfg, train, test, steps, accelerator))
-                rss_ours = rss_ours or peak_rss_mib()  # before the baseline ever ran
+            if path == "baseline":
+                timings[path].append(time_baseline(variant, cfg, data_root, steps, n))
             else:
-                base.append(time_baseline(variant, cfg, data_root, steps, n))
-            log(f"repeat {r + 1}/{repeats} {path}: train {(ours if path == 'ours' else base)[-1][0]:.1f} s")
+                timings[path].append(time_ours(variant, cfg, train, test, steps, accelerator,
+                                               "no" if path == "ours" else mixed_precision))
+                if path == "ours" and rss_ours is None and not timings["baseline"]:
+                    rss_ours = peak_rss_mib()  # before the baseline ever ran
+            log(f"repeat {r + 1}/{repeats} {path}: train {timings[path][-1][0]:.1f} s")
 
     def summary(i: int, images: int) -> dict:
-        ours_s = statistics.median(t[i] for t in ours)
-        base_s = statistics.median(t[i] for t in base)
-        return {"ours_images_per_s": round(images / ours_s, 1),
-                "baseline_images_per_s": round(images / base_s, 1),
-                "speedup": round(base_s / ours_s, 2),
-                "ours_seconds": [round(t[i], 2) for t in ours],
-                "baseline_seconds": [round(t[i], 2) for t in base]}
+        median = {path: statistics.median(t[i] for t in runs) for path, runs in timings.items()}
+        return {"ours_images_per_s": round(images / median["ours"], 1),
+                f"{mp_path}_images_per_s": round(images / median[mp_path], 1),
+                "baseline_images_per_s": round(images / median["baseline"], 1),
+                "speedup": round(median["baseline"] / median["ours"], 2),
+                f"{mixed_precision}_speedup": round(median["ours"] / median[mp_path], 2),
+                **{f"{path}_seconds": [round(t[i], 2) for t in runs] for path, runs in timings.items()}}
 
     return {
         "variant": variant.name,
@@ -122,10 +137,11 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
         "batch_size": cfg.batch_size,
         "repeats": repeats,
         "device": accelerator.device.type,
+        "device_name": describe_device(accelerator.device),
         "torch_threads": torch.get_num_threads(),
         "train": summary(0, n),
         "test": summary(1, len(test)),
-        "epoch_seconds_ours": round(statistics.median(t[0] for t in ours) / steps
+        "epoch_seconds_ours": round(statistics.median(t[0] for t in timings["ours"]) / steps
                                     * per_epoch, 1),
         "peak_rss_mib_ours": round(rss_ours, 1),
         "peak_rss_mib_process": round(peak_rss_mib(), 1),

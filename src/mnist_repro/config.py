@@ -59,6 +59,43 @@ class DownloadConfig:
     mirror: str = ""
 
 
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """`accelerate launch` flags; dvc.yaml unpacks the section into the command line."""
+    multi_gpu: bool = False
+    num_processes: int = 1
+    num_machines: int = 1
+    main_process_ip: str = "127.0.0.1"
+    main_process_port: int = 0
+    mixed_precision: str = "no"
+    dynamo_backend: str = "no"
+
+    def __post_init__(self):
+        for name in ("num_processes", "num_machines"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"launch.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.num_processes % self.num_machines:
+            raise ParamsError(f"launch.num_processes: {self.num_processes} processes do not split evenly over "
+                              f"{self.num_machines} machines; use a multiple of launch.num_machines")
+        if self.multi_gpu != (self.num_processes > 1):
+            # accelerate launch starts a single process without --multi_gpu, whatever --num_processes says.
+            raise ParamsError(f"launch.multi_gpu: must be {str(self.num_processes > 1).lower()} when "
+                              f"launch.num_processes is {self.num_processes}")
+        if self.num_machines > 1 and self.main_process_port == 0:
+            # Port 0 makes every node pick its own free port, so the nodes never meet.
+            raise ParamsError("launch.main_process_port: 0 (a free port per node) cannot work on several machines; "
+                              "set a fixed port such as 29500 that node 0 can open")
+        if not 0 <= self.main_process_port <= 65535:
+            raise ParamsError(f"launch.main_process_port: must be 0 (pick a free port) or a TCP port, "
+                              f"got {self.main_process_port}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ParamsError(f"launch.mixed_precision: unknown value {self.mixed_precision!r}; choose one of "
+                              f"{', '.join(PRECISIONS)} (write \"no\" in quotes: YAML reads a bare no as false)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int
@@ -69,6 +106,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int = 0
     test_limit: int = 0
+    holdout: int = 0
     sync_batchnorm: bool = True
     channels_last: bool = True
     cpu_threads: int = 0
@@ -77,18 +115,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ParamsError(f"train.{name}: must be a positive integer, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit", "cpu_threads"):
+        for name in ("train_limit", "test_limit", "holdout", "cpu_threads"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"train.{name}: must be 0 (the default) or a positive count, got {getattr(self, name)}")
+        if self.train_limit and self.holdout >= self.train_limit:
+            raise ParamsError(f"train.holdout: {self.holdout} held-out images leave none of the "
+                              f"train.train_limit={self.train_limit} to train on; lower it")
         if self.std <= 0:
             raise ParamsError(f"train.std: must be positive, got {self.std}")
-
-
-@dataclass(frozen=True)
-class Published:
-    params: int
-    best_train: float
-    best_test: float
 
 
 @dataclass(frozen=True)
@@ -101,13 +135,24 @@ class VariantConfig:
     dropout: float
     augment: bool
     target: str
-    published: Published
 
 
 @dataclass(frozen=True)
-class ConsistencyConfig:
+class SeedsConfig:
+    variants: tuple
+    extra: tuple
+
+
+@dataclass(frozen=True)
+class PublishedCodeConfig:
+    variants: tuple
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
     variant: str
-    extra_seeds: tuple
+    mixed_precision: str
+    seeds: tuple
 
 
 @dataclass(frozen=True)
@@ -115,14 +160,18 @@ class BenchmarkConfig:
     variant: str
     steps: int
     repeats: int
+    mixed_precision: str = "bf16"
 
 
 @dataclass(frozen=True)
 class Params:
     download: DownloadConfig
+    launch: LaunchConfig
     train: TrainConfig
     variants: dict  # name -> VariantConfig, in params.yaml order
-    consistency: ConsistencyConfig
+    seeds: SeedsConfig
+    published_code: PublishedCodeConfig
+    precision: PrecisionConfig
     benchmark: BenchmarkConfig
 
     def variant(self, name: str) -> VariantConfig:
@@ -137,10 +186,7 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
     from .models import MODELS  # late import: models imports torch, config should not need to
 
     path = f"variants.{name}"
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
-    published = _build(Published, data.get("published"), f"{path}.published")
-    variant = _build(VariantConfig, {**data, "name": name, "published": published}, path)
+    variant = _build(VariantConfig, {**data, "name": name} if isinstance(data, dict) else data, path)
     if variant.model not in MODELS:
         raise ParamsError(f"{path}.model: unknown model {variant.model!r}; choose one of {', '.join(MODELS)}")
     if variant.schedule not in SCHEDULES:
@@ -154,42 +200,74 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
     return variant
 
 
+def _int_list(value: Any, key: str) -> tuple:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ParamsError(f"{key}: expected a list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ParamsError(f"{key}: {value!r} lists a seed twice")
+    return tuple(value)
+
+
+def _variant_list(value: Any, key: str, variants: dict) -> tuple:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParamsError(f"{key}: expected a list of variant names, got {value!r}")
+    for name in value:
+        if name not in variants:
+            raise ParamsError(f"{key}: {name!r} is not a variant; choose from {', '.join(variants)}")
+    return tuple(value)
+
+
+def _section(raw: dict, name: str) -> dict:
+    if not isinstance(raw[name], dict):
+        raise ParamsError(f"{name}: expected a mapping, got {type(raw[name]).__name__}")
+    return raw[name]
+
+
+SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_code", "precision", "benchmark")
+
+
 def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: expected a mapping at the top level")
-    sections = {"download", "train", "variants", "consistency", "benchmark"}
-    unknown = sorted(set(raw) - sections)
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown section; allowed are {', '.join(sorted(sections))}")
-    missing = sorted(sections - set(raw))
+        raise ParamsError(f"{unknown[0]}: unknown section; allowed are {', '.join(SECTIONS)}")
+    missing = [s for s in SECTIONS if s not in raw]
     if missing:
         raise ParamsError(f"{missing[0]}: missing section; add it to params.yaml")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ParamsError("variants: expected a mapping of at least one variant")
     variants = {name: _build_variant(name, data) for name, data in raw["variants"].items()}
-    consistency_raw = raw["consistency"]
-    if not isinstance(consistency_raw, dict):
-        raise ParamsError("consistency: expected a mapping")
-    seeds = consistency_raw.get("extra_seeds")
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ParamsError(f"consistency.extra_seeds: expected a list of integers, got {seeds!r}")
+    train = _build(TrainConfig, raw["train"], "train")
+    seeds_raw, code_raw, prec_raw = (_section(raw, s) for s in ("seeds", "published_code", "precision"))
+    seeds = _build(SeedsConfig, {**seeds_raw,
+                                 "variants": _variant_list(seeds_raw.get("variants"), "seeds.variants", variants),
+                                 "extra": _int_list(seeds_raw.get("extra"), "seeds.extra")}, "seeds")
+    if train.seed in seeds.extra:
+        raise ParamsError(f"seeds.extra: must exclude train.seed ({train.seed}), which every variant's main run trains")
+    precision = _build(PrecisionConfig, {**prec_raw, "seeds": _int_list(prec_raw.get("seeds"), "precision.seeds")},
+                       "precision")
     params = Params(
         download=_build(DownloadConfig, raw["download"], "download"),
-        train=_build(TrainConfig, raw["train"], "train"),
+        launch=_build(LaunchConfig, raw["launch"], "launch"),
+        train=train,
         variants=variants,
-        consistency=_build(ConsistencyConfig, {**consistency_raw, "extra_seeds": tuple(seeds)}, "consistency"),
+        seeds=seeds,
+        published_code=_build(PublishedCodeConfig, {**code_raw, "variants": _variant_list(
+            code_raw.get("variants"), "published_code.variants", variants)}, "published_code"),
+        precision=precision,
         benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )
-    if params.train.seed in params.consistency.extra_seeds or len(set(seeds)) != len(seeds):
-        raise ParamsError(
-            "consistency.extra_seeds: must be distinct and exclude train.seed "
-            f"({params.train.seed}), which the main run already trains"
-        )
-    params.variant(params.consistency.variant)
+    params.variant(params.precision.variant)
     params.variant(params.benchmark.variant)
-    for name in ("steps", "repeats"):
-        if getattr(params.benchmark, name) <= 0:
-            raise ParamsError(f"benchmark.{name}: must be a positive integer")
+    for key, value in (("precision.mixed_precision", precision.mixed_precision),
+                       ("benchmark.mixed_precision", params.benchmark.mixed_precision)):
+        if value not in PRECISIONS[1:]:
+            raise ParamsError(f"{key}: {value!r} is not a mixed precision to compare with fp32; "
+                              f"choose one of {', '.join(PRECISIONS[1:])}")
+    if params.benchmark.steps < 0 or params.benchmark.repeats <= 0:
+        raise ParamsError("benchmark.steps: must be 0 (one whole epoch) or a positive count, "
+                          "and benchmark.repeats a positive count")
     return params
 
 

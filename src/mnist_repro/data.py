@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-# name -> (bytes, sha256) of the uncompressed official files (../shared/mnist/README.md)
+# name -> (bytes, sha256) of the uncompressed official files: the digests published for them
 MNIST_FILES = {
     "train-images-idx3-ubyte": (47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
     "train-labels-idx1-ubyte": (60008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
@@ -171,7 +171,10 @@ def download_mnist(root: str | Path, mirror: str = "", log=print) -> Path:
             fetch(tmp)
             verify_dir(tmp)
         except Exception as e:  # any failure of one source means: try the next
-            failures.append(f"  {label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            failures.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            # Said now, not only if every source fails: a mirror the user configured that
+            # is silently passed over hides a damaged or wrong file.
+            log(f"MNIST source skipped: {failures[-1]}")
             shutil.rmtree(tmp, ignore_errors=True)
             continue
         if target.exists():
@@ -179,7 +182,7 @@ def download_mnist(root: str | Path, mirror: str = "", log=print) -> Path:
         tmp.rename(target)
         log(f"MNIST from {label}: 4 files verified by sha256 in {target}")
         return target
-    raise DataError("no source gave the official MNIST files; tried:\n" + "\n".join(failures)
+    raise DataError("no source gave the official MNIST files; tried:\n" + "\n".join(f"  {f}" for f in failures)
                     + f"\nFix: {FIX_HINT}")
 
 

@@ -1,6 +1,6 @@
 """The seven published architectures, composed from one conv block.
 
-Notation follows ../shared/seed/variants.md: ``conv(8, 16, post="BRD")`` is a
+Notation follows reference/variants.md: ``conv(8, 16, post="BRD")`` is a
 3x3 Conv2d without padding or bias, then BatchNorm, ReLU, Dropout in that order.
 The post-op order differs between the published steps (lr_scheduler puts ReLU
 before BatchNorm, dropout puts Dropout before ReLU), so it is data, not code.

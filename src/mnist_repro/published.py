@@ -1,7 +1,7 @@
 """The published data path, kept as the benchmark's baseline and for accuracy parity.
 
 ``torchvision.datasets.MNIST`` with per-image PIL transforms in a DataLoader,
-exactly as the notebooks (../shared/seed/variants.md) feed their models.
+exactly as the notebooks (reference/variants.md) feed their models.
 """
 
 from __future__ import annotations

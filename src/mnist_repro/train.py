@@ -5,6 +5,12 @@ optimiser step slices its images by index, augments them as a batch on the
 device, and never touches Python per image. Across N processes each global
 batch of ``batch_size`` images is split into N shares, so the optimisation
 (batch, number of steps, schedule) is the same on any N; only wall time changes.
+
+Launch (params.yaml `launch:` holds these flags for `dvc repro`; by hand):
+  1 CPU or GPU:  accelerate launch stages/train.py lr_scheduler
+  8 GPUs (DDP):  accelerate launch --multi_gpu --num_processes 8 stages/train.py lr_scheduler
+  2 nodes x 8:   accelerate launch --multi_gpu --num_processes 16 --num_machines 2 \
+                   --machine_rank $RANK --main_process_ip $HEAD --main_process_port 29500 stages/train.py lr_scheduler
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, gather, set_seed
 from tqdm.auto import tqdm
 
 from .augment import augment_batch
-from .config import ParamsError, TrainConfig, VariantConfig
+from .config import LaunchConfig, ParamsError, TrainConfig, VariantConfig
 from .data import load_split
 from .io import write_json
 from .models import build_model, count_parameters
@@ -42,14 +50,56 @@ def cpu_threads_per_process(requested: int) -> int:
     machine leaves every core but one idle; 0 shares the cores among local processes."""
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_accelerator() -> Accelerator:
-    # Without CUDA, `accelerate launch --multi_gpu --num_processes 2` would otherwise
-    # start two unrelated single-process runs; cpu=True makes them one gloo job.
-    return Accelerator(cpu=not torch.cuda.is_available())
+    """The Accelerator for `accelerate launch`'s settings (processes, mixed precision).
+
+    Without CUDA, `accelerate launch --multi_gpu --num_processes 2` would otherwise
+    start two unrelated single-process runs; cpu=True makes them one gloo job.
+    save_on_each_node: a node with its own disk keeps its own resume state.
+    """
+    cpu = not torch.cuda.is_available()
+    if cpu and os.environ.get("ACCELERATE_MIXED_PRECISION") == "fp16":
+        # Accelerate gives CPU fp16 no gradient scaler: small gradients would flush to zero.
+        raise ParamsError("launch.mixed_precision: fp16 needs a CUDA GPU (no gradient scaler on CPU); "
+                          "use bf16 or \"no\" on this machine")
+    return Accelerator(cpu=cpu, project_config=ProjectConfiguration(save_on_each_node=True))
+
+
+def num_machines(accelerator: Accelerator) -> int:
+    # torchrun tells each process how many run on its node; the single-process launcher does not.
+    return accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
+def check_launch(launch: LaunchConfig, accelerator: Accelerator) -> None:
+    """Results filed under params.yaml must come from its launch settings, not from a
+    user's Accelerate config or a hand-typed flag that DVC never saw."""
+    actual = {"num_processes": accelerator.num_processes, "num_machines": num_machines(accelerator),
+              "mixed_precision": accelerator.mixed_precision}
+    for key, value in actual.items():
+        if getattr(launch, key) != value:
+            raise ParamsError(
+                f"launch.{key}: params.yaml says {getattr(launch, key)!r} but this run has {value!r}; launch with "
+                f"dvc.yaml's command (it passes params.yaml's launch flags) or change launch.{key}")
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and its cores: what a wall time was measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({available_cores()} cores)"
 
 
 @dataclass
@@ -66,8 +116,17 @@ class Dataset:
 
 
 def load_datasets(data_root, cfg: TrainConfig, device) -> tuple[Dataset, Dataset]:
+    """(train, evaluation) sets; with train.holdout the evaluation set is the last
+    ``holdout`` training images, so a design can be chosen without the test set."""
     train = Dataset(*load_split(data_root, train=True, limit=cfg.train_limit))
-    test = Dataset(*load_split(data_root, train=False, limit=cfg.test_limit))
+    if cfg.holdout:
+        if cfg.holdout >= len(train):
+            raise ParamsError(f"train.holdout: {cfg.holdout} held-out images leave none of the "
+                              f"{len(train)} training images; lower it")
+        cut = len(train) - cfg.holdout
+        train, test = Dataset(train.images[:cut], train.labels[:cut]), Dataset(train.images[cut:], train.labels[cut:])
+    else:
+        test = Dataset(*load_split(data_root, train=False, limit=cfg.test_limit))
     return train.to(device), test.to(device)
 
 
@@ -80,19 +139,43 @@ def prepare_images(images_u8: torch.Tensor, cfg: TrainConfig, augment: bool) -> 
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def global_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """This epoch's shuffled global batches of indices, identical on every process."""
+def global_batches(n: int, batch_size: int, seed: int, epoch: int, device="cpu") -> list[torch.Tensor]:
+    """This epoch's shuffled global batches of indices, identical on every process and device.
+
+    Drawn on the CPU (the same order on a CPU and a GPU) and copied to ``device`` in
+    one transfer per epoch, so no training step waits on a host-to-device copy.
+    """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return list(torch.randperm(n, generator=g).split(batch_size))
+    perm = torch.randperm(n, generator=g)
+    if torch.device(device).type == "cuda":
+        perm = perm.pin_memory()
+    return list(perm.to(device, non_blocking=True).split(batch_size))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def check_shares(n: int, batch_size: int, world: int) -> None:
+    """Every process needs at least one image of every global batch: an empty share
+    gives that rank a NaN mean and its BatchNorm nothing to normalise."""
+    smallest = min(batch_size, n - (steps_per_epoch(n, batch_size) - 1) * batch_size)
+    if smallest < world:
+        raise ParamsError(
+            f"train: an epoch of {n} images in batches of {batch_size} ends on a batch of {smallest}, fewer "
+            f"images than the {world} processes, so a process would get none; change train.train_limit "
+            f"(or train.holdout) or launch fewer processes")
+
+
 def train_one_epoch(model, optimizer, scheduler, data: Dataset, cfg: TrainConfig,
                     variant: VariantConfig, seed: int, epoch: int, accelerator: Accelerator) -> dict:
-    """One pass over the training set; returns loss and accuracy over all processes."""
+    """One pass over the training set; returns loss and accuracy over all processes.
+
+    Each process's loss is its share's *sum* scaled by N / (global batch), so DDP's
+    mean over N processes is exactly the mean over the global batch, however
+    unevenly the last batch splits. The step itself never waits on the host: the
+    loss and accuracy are read only when the progress bar refreshes (on a terminal).
+    """
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
     dev = accelerator.device
@@ -100,31 +183,35 @@ def train_one_epoch(model, optimizer, scheduler, data: Dataset, cfg: TrainConfig
     correct = torch.zeros((), device=dev, dtype=torch.long)
     seen = 0
     bad_step = torch.full((), -1, device=dev, dtype=torch.long)  # first non-finite step, no sync
-    batches = global_batches(len(data), cfg.batch_size, seed, epoch)
-    bar = tqdm(batches, disable=not accelerator.is_local_main_process, leave=False,
-               desc=f"{variant.name} epoch {epoch}", dynamic_ncols=True)
+    batches = global_batches(len(data), cfg.batch_size, seed, epoch, dev)
+    # In a log file (dvc repro's output) a bar writes a line per refresh: print per epoch instead.
+    live = accelerator.is_local_main_process and sys.stderr.isatty()
+    bar = tqdm(batches, disable=not live, leave=False, desc=f"{variant.name} epoch {epoch}", dynamic_ncols=True)
     lr = optimizer.param_groups[0]["lr"]
-    for step, idx in enumerate(bar):
-        idx = idx.tensor_split(world)[rank].to(dev)
+    for step, batch in enumerate(bar):
+        idx = batch.tensor_split(world)[rank]
         x = prepare_images(data.images[idx], cfg, variant.augment)
         y = data.labels[idx]
         out = model(x)
-        loss = F.nll_loss(out, y)
+        loss = F.nll_loss(out, y, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(loss * (world / len(batch)))
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
-            scheduler.step()  # once per global step on every process; see build_scheduler
+            # Every global step, also when fp16's scaler skipped the update: the cycle is
+            # a function of the step count and must end exactly at epochs x steps.
+            scheduler.step()
         detached = loss.detach()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
-        loss_sum += detached * len(y)
+        loss_sum += detached
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
-        if step % LOG_EVERY == 0 or step == len(batches) - 1:
+        if live and step % LOG_EVERY == 0:
             _check_finite(bad_step, variant, epoch)
-            bar.set_postfix_str(f"Loss={detached.item():.4f} Batch_id={step} "
+            bar.set_postfix_str(f"at batch {step}: Loss={detached.item() / len(y):.4f} "
                                 f"Accuracy={100 * correct.item() / seen:.2f}", refresh=False)
+    _check_finite(bad_step, variant, epoch)
     totals = accelerator.reduce(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                              torch.tensor(float(seen), device=dev)]), "sum")
     loss_total, correct_total, n = totals.tolist()
@@ -155,13 +242,13 @@ def evaluate(model, data: Dataset, cfg: TrainConfig, accelerator: Accelerator) -
         # from its own share since DDP last broadcast them; evaluate rank 0's, the saved model.
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    share = torch.arange(len(data)).tensor_split(accelerator.num_processes)[accelerator.process_index]
     dev = accelerator.device
+    share = torch.arange(len(data), device=dev).tensor_split(accelerator.num_processes)[accelerator.process_index]
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev)
     for idx in share.split(cfg.eval_batch_size):
-        idx = idx.to(dev)
-        out = model(prepare_images(data.images[idx], cfg, augment=False))
+        with accelerator.autocast():  # the precision the run trains in
+            out = model(prepare_images(data.images[idx], cfg, augment=False)).float()
         y = data.labels[idx]
         loss_sum += F.nll_loss(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
@@ -193,10 +280,18 @@ class Checkpoint:
 
     The manifest names the newest complete state and the history so far, and a
     fingerprint of the run's settings: a state saved under other params is never
-    resumed. A finished run deletes its states and leaves only a finished manifest.
+    resumed. Each node keeps its own copy under ``node-<k>``, written by its local
+    main process, so nodes with separate disks can all resume; rank 0 decides the
+    epoch (see ``agreed_resume``). A finished run deletes its states and leaves
+    only a finished manifest.
     """
-    directory: Path
+    root: Path
     fingerprint: str
+    node: int = 0
+
+    @property
+    def directory(self) -> Path:
+        return self.root / f"node-{self.node}"
 
     @property
     def manifest(self) -> Path:
@@ -221,27 +316,50 @@ class Checkpoint:
         state = f"epoch-{epoch}"
         accelerator.save_state(str(self.directory / state))
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if accelerator.is_local_main_process:
             write_json(self.manifest, {
                 "fingerprint": self.fingerprint, "state": state, "history": history,
                 "wall_seconds": wall_seconds,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None})
-            for old in self.directory.glob("epoch-*"):
-                if old.name != state:
-                    shutil.rmtree(old)
+            self._prune(keep=state)
         accelerator.wait_for_everyone()
 
     def finish(self, accelerator: Accelerator) -> None:
-        if accelerator.is_main_process:
+        if accelerator.is_local_main_process:
             write_json(self.manifest, {"fingerprint": self.fingerprint, "finished": True})
-            for old in self.directory.glob("epoch-*"):
+            self._prune(keep=None)
+
+    def _prune(self, keep: str | None) -> None:
+        for old in self.directory.glob("epoch-*"):
+            if old.name != keep:
                 shutil.rmtree(old)
 
 
-def run_fingerprint(cfg: TrainConfig, variant: VariantConfig, seed: int, world: int) -> str:
+def agreed_resume(checkpoint: Checkpoint, accelerator: Accelerator) -> dict | None:
+    """The state every process resumes from: rank 0's newest, if every node holds it.
+
+    Otherwise all start over together; one node resuming while another starts
+    at epoch 1 would wait forever in mismatched collectives.
+    """
+    saved = checkpoint.resumable()
+    if accelerator.num_processes == 1:
+        return saved
+    mine = len(saved["history"]) if saved else 0
+    chosen = int(broadcast(torch.tensor([mine], device=accelerator.device), from_process=0).item())
+    have = gather(torch.tensor([int(mine == chosen)], device=accelerator.device))
+    if chosen and not bool(have.all()):
+        accelerator.print(f"rank 0 would resume after epoch {chosen} but a node lacks that state "
+                          f"in {checkpoint.root}/node-*: starting over on every node")
+        return None
+    return saved if chosen else None
+
+
+def run_fingerprint(cfg: TrainConfig, variant: VariantConfig, seed: int, accelerator: Accelerator) -> str:
     train = asdict(cfg)
     del train["cpu_threads"]  # speed only: a run may resume with another thread count
-    settings = {"train": train, "variant": asdict(variant), "seed": seed, "processes": world}
+    settings = {"train": train, "variant": asdict(variant), "seed": seed,
+                "processes": accelerator.num_processes, "machines": num_machines(accelerator),
+                "device": accelerator.device.type, "mixed_precision": accelerator.mixed_precision}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -251,11 +369,12 @@ class RunResult:
     history: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     checkpoint: Checkpoint | None = None  # call .finish() once the outputs are safely written
+    evaluation: Dataset | None = None     # the images the history's test columns were measured on
 
 
-def summarize(history: list, *, variant: str, params: int, seed: int, num_processes: int,
-              device: str, wall_seconds: float, optimizer_steps: int, sync_batchnorm: bool) -> dict:
-    """The per-variant metrics file: published-style percentages with two decimals."""
+def summarize(history: list, *, variant: str, params: int, seed: int, optimizer_steps: int,
+              wall_seconds: float, launch: dict) -> dict:
+    """The per-run summary: published-style percentages with two decimals, and how it ran."""
     best = max(history, key=lambda h: h["test_acc"])  # first epoch reaching the best
     return {
         "variant": variant,
@@ -271,11 +390,41 @@ def summarize(history: list, *, variant: str, params: int, seed: int, num_proces
         "train_images": history[-1]["train_images"],
         "test_images": history[-1]["test_images"],
         "seed": seed,
-        "num_processes": num_processes,
-        "device": device,
-        "sync_batchnorm": sync_batchnorm,
+        **launch,
         "wall_seconds": round(wall_seconds, 1),
     }
+
+
+def launch_record(accelerator: Accelerator, sync_batchnorm: bool, holdout: int) -> dict:
+    """What a result depends on beyond params: where and how it ran."""
+    return {
+        "evaluated_on": f"holdout (last {holdout} training images)" if holdout else "test",
+        "num_processes": accelerator.num_processes,
+        "num_machines": num_machines(accelerator),
+        "device": accelerator.device.type,
+        "device_name": describe_device(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "sync_batchnorm": sync_batchnorm,
+        "torch": torch.__version__,
+    }
+
+
+@torch.no_grad()
+def misclassified(result: "RunResult", cfg: TrainConfig, accelerator: Accelerator) -> dict:
+    """Every evaluation image the trained model gets wrong (index, true and predicted
+    label), computed where the model lives so the report only reads files.
+    Call it on one process after training."""
+    model, data = result.model, result.evaluation
+    model.eval()
+    wrong = []
+    for idx in torch.arange(len(data), device=accelerator.device).split(cfg.eval_batch_size):
+        with accelerator.autocast():
+            predicted = model(prepare_images(data.images[idx], cfg, augment=False)).argmax(1)
+        miss = predicted != data.labels[idx]
+        wrong += [{"index": i, "label": t, "predicted": p} for i, t, p in zip(
+            idx[miss].tolist(), data.labels[idx][miss].tolist(), predicted[miss].tolist())]
+    return {"variant": result.metrics["variant"], "seed": result.metrics["seed"],
+            "evaluated_on": result.metrics["evaluated_on"], "test_images": len(data), "misclassified": wrong}
 
 
 def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: int | None = None,
@@ -284,9 +433,6 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     accelerator = accelerator or make_accelerator()
     seed = cfg.seed if seed is None else seed
     world = accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ParamsError(f"train.batch_size: {cfg.batch_size} is not divisible by {world} processes; "
-                          f"choose a multiple of {world} or launch fewer processes")
     # Same weights on every process (DDP would broadcast rank 0's anyway), then
     # per-process streams so every process draws its own augmentation and dropout.
     if accelerator.device.type == "cpu":
@@ -305,6 +451,7 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_data, test_data = load_datasets(data_root, cfg, accelerator.device)
+    check_shares(len(train_data), cfg.batch_size, world)
     steps = steps_per_epoch(len(train_data), cfg.batch_size)
     optimizer = build_optimizer(model, variant)
     scheduler = build_scheduler(optimizer, variant, cfg.epochs, steps)
@@ -312,31 +459,38 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     set_seed(seed, device_specific=True)
 
     history, wall_before = [], 0.0
-    checkpoint = (Checkpoint(Path(checkpoint_dir), run_fingerprint(cfg, variant, seed, world))
-                  if checkpoint_dir else None)
-    saved = checkpoint.resumable() if checkpoint else None
+    checkpoint = None
+    if checkpoint_dir:
+        node = accelerator.process_index // (world // num_machines(accelerator))
+        checkpoint = Checkpoint(Path(checkpoint_dir), run_fingerprint(cfg, variant, seed, accelerator), node)
+    saved = agreed_resume(checkpoint, accelerator) if checkpoint else None
     if saved:
         accelerator.load_state(str(checkpoint.directory / saved["state"]))
         history, wall_before = saved["history"], saved["wall_seconds"]
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
-        accelerator.print(f"{variant.name}: resuming after epoch {len(history)} from {checkpoint.directory}")
+        accelerator.print(f"{variant.name}: resuming after epoch {len(history)} from {checkpoint.root}")
 
     raw_model = accelerator.unwrap_model(model)
     start = time.perf_counter()
     for epoch in range(len(history) + 1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
         tr = train_one_epoch(model, optimizer, scheduler, train_data, cfg, variant, seed, epoch, accelerator)
         te = evaluate(raw_model, test_data, cfg, accelerator)
+        seconds = time.perf_counter() - epoch_start  # training and test pass, not the checkpoint
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "test_loss": te["loss"], "test_acc": te["acc"], "lr": tr["lr"],
-                        "steps": tr["steps"], "train_images": tr["images"], "test_images": te["images"]})
+                        "steps": tr["steps"], "train_images": tr["images"], "test_images": te["images"],
+                        "seconds": round(seconds, 2)})
         accelerator.print(
             f"{variant.name} epoch {epoch}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.2f}% | "
-            f"test loss {te['loss']:.4f} acc {te['acc']:.2f}% ({round(te['acc'] * te['images'] / 100)}/{te['images']})")
+            f"test loss {te['loss']:.4f} acc {te['acc']:.2f}% ({round(te['acc'] * te['images'] / 100)}/{te['images']}) "
+            f"| {seconds:.1f} s")
         if checkpoint:
             checkpoint.save(accelerator, history, wall_before + time.perf_counter() - start, scheduler)
 
-    metrics = summarize(history, variant=variant.name, params=params, seed=seed, num_processes=world,
-                        device=accelerator.device.type, wall_seconds=wall_before + time.perf_counter() - start,
-                        optimizer_steps=sum(h["steps"] for h in history), sync_batchnorm=sync_bn)
-    return RunResult(raw_model, history, metrics, checkpoint)
+    metrics = summarize(history, variant=variant.name, params=params, seed=seed,
+                        optimizer_steps=sum(h["steps"] for h in history),
+                        wall_seconds=wall_before + time.perf_counter() - start,
+                        launch=launch_record(accelerator, sync_bn, cfg.holdout))
+    return RunResult(raw_model, history, metrics, checkpoint, test_data)
