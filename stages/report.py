@@ -1,4 +1,5 @@
-"""DVC stage report: the side-by-side markdown report, its figures, and the README's results block."""
+"""DVC stage report: metrics/report.md, its figures and the per-variant curves for `dvc plots`, rendered from the
+comparison table and the run files."""
 
 from __future__ import annotations
 
@@ -11,20 +12,24 @@ from mnist_repro.report import build_report
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics", required=True, help="directory holding <variant>.json for every variant")
-    ap.add_argument("--history", required=True, help="directory holding <variant>.json per-epoch histories")
-    ap.add_argument("--consistency", required=True, help="the consistency stage's summary JSON")
-    ap.add_argument("--model", required=True, help="state_dict of the last variant in params.yaml")
-    ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test set)")
+    ap.add_argument("--reference", required=True, help="the published numbers and logs (reference/published.json)")
+    ap.add_argument("--table", required=True, help="the compare stage's directory of per-variant rows")
+    ap.add_argument("--runs", required=True, help="directory holding <variant>/seed_<s>.json run summaries")
+    ap.add_argument("--history", required=True, help="directory holding <variant>/seed_<s>.json per-epoch histories")
+    ap.add_argument("--published-code", required=True, help="directory holding the published-code reruns")
+    ap.add_argument("--errors", required=True, help="directory holding <variant>.json misclassified test images")
+    ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
+    ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test images drawn)")
     ap.add_argument("--out", required=True, help="write the markdown report here")
     ap.add_argument("--figures", required=True, help="write the PNG figures into this directory")
-    ap.add_argument("--readme", help="replace the results block of this README (between its marker lines)")
+    ap.add_argument("--curves", required=True, help="write one <variant>.json curve per variant (dvc plots) here")
     args = ap.parse_args(argv)
 
-    build_report(params_path=args.params, metrics_dir=args.metrics, history_dir=args.history,
-                 consistency_path=args.consistency, model_path=args.model, data_root=args.data,
-                 report_path=args.out, figures_dir=args.figures, readme_path=args.readme)
-    print(f"wrote {args.out} and figures in {args.figures}" + (f"; updated {args.readme}" if args.readme else ""))
+    build_report(params_path=args.params, reference_path=args.reference, table_dir=args.table, runs_dir=args.runs,
+                 history_dir=args.history, code_dir=args.published_code, errors_dir=args.errors,
+                 precision_dir=args.precision,
+                 data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_dir=args.curves)
+    print(f"wrote {args.out}, figures in {args.figures} and curves in {args.curves}")
 
 
 if __name__ == "__main__":

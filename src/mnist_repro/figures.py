@@ -7,15 +7,17 @@ Every PNG is written through ``atomic_path``, so a reader never sees half a file
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_path
+from .stats import GAP_AFTER_EPOCH
 
 DPI = 110
-ZOOM_BOTTOM = 97.0  # percent; below this the seven curves are still climbing and say little
+ZOOM_BOTTOM = 97.0  # percent; below this the curves are still climbing and say little
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
@@ -24,64 +26,84 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def _series(history: list[dict], key: str) -> tuple[list, list]:
-    return [h["epoch"] for h in history], [h[key] for h in history]
+def zoom_limits(values: list[float], target: float, settled: list[float] | None = None) -> tuple[float, float]:
+    """y-limits that make the last tenths of a percent readable. The bottom is ZOOM_BOTTOM,
+    or lower where `settled` values (epochs past the warm-up) lie below it, so a slow
+    variant's curve stays on the axis; the warm-up itself, chance-level epochs included,
+    falls off the bottom instead of squashing the rest (the full-scale panel shows it).
+    The target line is included when the curves come within a point of it."""
+    top = max(values)
+    low = min(settled) if settled else top - 1.0
+    bottom = min(ZOOM_BOTTOM, math.floor(low * 2) / 2)
+    upper = max(top, target) if target - top < 1.0 else top
+    return bottom, min(100.0, upper + 0.2)
 
 
-def curves_figure(history: list[dict], title: str, path: str | Path, target: float) -> Path:
-    """2x2 like the published notebooks: train loss, train accuracy, test loss, test accuracy."""
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True)
-    panels = [("train_loss", "Train loss (NLL)", axes[0, 0]), ("train_acc", "Train accuracy (%)", axes[1, 0]),
-              ("test_loss", "Test loss (NLL)", axes[0, 1]), ("test_acc", "Test accuracy (%)", axes[1, 1])]
-    for key, label, ax in panels:
-        epochs, values = _series(history, key)
-        ax.plot(epochs, values, marker="o", markersize=3.5, color="tab:blue" if "train" in key else "tab:orange")
-        ax.set_title(label)
-        ax.ticklabel_format(axis="y", useOffset=False)  # an offset like "+2.302" hides the actual values
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    test_ax = axes[1, 1]
-    test_ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"{target:.1f}%")
-    best = max(history, key=lambda h: h["test_acc"])  # first epoch reaching the best, as in the metrics
-    test_ax.plot([best["epoch"]], [best["test_acc"]], marker="*", markersize=12, color="tab:red", linestyle="none",
-                 label=f"best {best['test_acc']:.2f}% (epoch {best['epoch']})")
-    test_ax.legend(loc="lower right", fontsize=9)
+def _epoch_axis(ax, ylabel: str | None = "test accuracy (%)") -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def comparison_figure(title: str, ours: list[dict], n_seeds: int, published: list[tuple] | None,
+                      code: list[tuple] | None, path: str | Path, target: float) -> Path:
+    """Our per-epoch test accuracy (seed mean, min-max band) against the published run's
+    log and the published code rerun here; zoomed on the left, full scale on the right.
+    ours: stats.mean_curve output, [] (n_seeds 0) for a variant not run yet: the published
+    curves alone; published, code: (epoch, test accuracy) pairs or None."""
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    zoom, full = fig.subplots(1, 2, width_ratios=[3, 1.2])
+    epochs = [o["epoch"] for o in ours]
+    points = [(o["epoch"], o["max"]) for o in ours] + [(o["epoch"], o["min"]) for o in ours] + [
+        p for series in (published, code) if series for p in series]
+    for ax in (zoom, full):
+        if n_seeds > 1:
+            ax.fill_between(epochs, [o["min"] for o in ours], [o["max"] for o in ours], color="tab:blue",
+                            alpha=0.2, linewidth=0, label=f"ours: min to max of {n_seeds} seeds")
+        if ours:
+            ax.plot(epochs, [o["mean"] for o in ours], color="tab:blue", marker="o", markersize=4,
+                    label=f"ours: mean of {n_seeds} seeds" if n_seeds > 1 else "ours (one seed)")
+        for series, style, label in ((published, dict(color="tab:red", marker="s", linestyle="--"),
+                                      "published run (its notebook's log)"),
+                                     (code, dict(color="tab:green", marker="^", linestyle=":"),
+                                      "published code, rerun here")):
+            if series:
+                ax.plot([e for e, _ in series], [a for _, a in series], markersize=4, label=label, **style)
+        ax.axhline(target, color="black", linestyle="--", linewidth=1)
+        _epoch_axis(ax, ylabel="test accuracy (%)" if ax is zoom else None)
+    zoom.set_ylim(*zoom_limits([a for _, a in points], target, [a for e, a in points if e > GAP_AFTER_EPOCH]))
+    zoom.set_title(f"zoom (dashed: {target:.1f}%)")
+    full.set_ylim(0, 100)
+    full.set_title("all epochs, full scale")
+    handles, labels = zoom.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(title)
     return save_png(fig, path)
 
 
-def overlay_figure(histories: dict[str, list[dict]], path: str | Path, target: float) -> Path:
-    """Every variant's test accuracy on shared axes: all epochs, and zoomed on the target."""
+def overlay_figure(curves: dict[str, list[tuple]], path: str | Path, target: float) -> Path:
+    """Every variant's test accuracy (name -> (epoch, accuracy) pairs) on shared axes:
+    all epochs, and zoomed on the target."""
     fig = Figure(figsize=(13, 5.5), layout="constrained")
     full, zoom = fig.subplots(1, 2, sharex=True)
     markers = "osD^vP*X<>"
-    colors = [f"C{i}" for i in range(10)]
-    top = max(h["test_acc"] for history in histories.values() for h in history)
-    for i, (name, history) in enumerate(histories.items()):
-        epochs, values = _series(history, "test_acc")
-        style = dict(color=colors[i % 10], marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
+    for i, (name, curve) in enumerate(curves.items()):
+        style = dict(color=f"C{i % 10}", marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
                      linestyle="-" if i < 10 else "--", label=name)
-        full.plot(epochs, values, **style)
-        zoom.plot(epochs, values, **style)
+        for ax in (full, zoom):
+            ax.plot([e for e, _ in curve], [a for _, a in curve], **style)
     for ax in (full, zoom):
         ax.axhline(target, color="black", linestyle="--", linewidth=1)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
     full.set_title("all epochs")
     full.text(0.99, 0.02, f"dashed: {target:.1f}%", transform=full.transAxes, ha="right", fontsize=9)
-    # The zoom only helps once curves reach it; tiny quick runs never do.
-    if top > ZOOM_BOTTOM:
-        zoom.set_ylim(ZOOM_BOTTOM, min(100.0, max(top, target) + 0.15))
-        zoom.set_title(f"zoom: {ZOOM_BOTTOM:.0f}% and above")
-    else:
-        zoom.set_title(f"zoom (no epoch above {ZOOM_BOTTOM:.0f}%)")
-    zoom.legend(loc="lower right", fontsize=9, ncol=2)
-    fig.suptitle("Test accuracy per epoch, all variants")
+    zoom.set_ylim(*zoom_limits([a for curve in curves.values() for _, a in curve], target))
+    zoom.set_title("zoom")
+    handles, labels = zoom.get_legend_handles_labels()  # below the axes: inside, it hides the lowest curve
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), fontsize=9)
+    fig.suptitle("Test accuracy per epoch, all variants (mean over each variant's seeds)")
     return save_png(fig, path)
 
 

@@ -1,121 +1,87 @@
-"""The side-by-side report: our seven runs against the published table, every number from files.
+"""The reproduction report: metrics/report.md and its figures, rendered from files.
 
-Nothing here is typed by hand: the published numbers come from params.yaml, ours
-from metrics/, the noise band from the test-set size and the seed spread, the
-model cards from the models themselves. The README's results block is rendered
-by the same function as the report's table, so the two cannot disagree.
+Rendering only. The side-by-side numbers and verdicts are the compare stage's table
+(metrics/table, what `dvc metrics show --md` prints), the statistics come from
+stats.py, the published numbers and per-epoch logs from reference/published.json,
+and the machine from the run files, so the report describes where the runs ran,
+not where it is rendered. Nothing is typed by hand and nothing depends on the date,
+so the same inputs give the same report.
+
+A variant not run yet (no main run file; inputs.read_runs) stays in every table,
+marked with the stage that runs it; totals count only the runs that exist. The same
+stage writes each variant's per-epoch curve as JSON for `dvc plots` (write_curves).
 """
 
 from __future__ import annotations
 
-import datetime
-import math
 import os
-import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .config import Params, TrainConfig, VariantConfig, load_params
-from .consistency import TARGET_ACC, InputFileError, read_input
+from .config import Params, VariantConfig, load_params
 from .data import load_split
-from .figures import curves_figure, misclassified_figure, overlay_figure
-from .io import atomic_path, write_text
+from .figures import comparison_figure, misclassified_figure, overlay_figure
+from .inputs import InputFileError, read_errors, read_histories, read_published_code, read_runs, seed_stage
+from .io import write_json, write_text
+from .precision import precision_section, read_precision_runs
 from .models import build_model, count_parameters
 from .receptive_field import layer_table
-from .train import prepare_images
+from .reference import PublishedRun, Reference, load_reference
+from .stats import (BAND_SIGMAS, CHANCE_ACC, GAP_AFTER_EPOCH, SWING_EPOCHS, TREND_EPOCHS, attribute, band,
+                    binomial_se, largest_gap, largest_swing, mean_curve, plot_curve, seed_summary, stalled_epochs,
+                    trend)
+from .table import read_table
 
-BAND_SIGMAS = 2
-README_BEGIN = "<!-- results:begin -->"
-README_END = "<!-- results:end -->"
 MISCLASSIFIED_SHOWN = 25
-TREND_EPOCHS = 3
-SWING_EPOCHS = 5      # late epochs whose epoch-to-epoch test accuracy changes are compared with the band
-CHANCE_ACC = 20.0     # test accuracy (%) below which an epoch has learnt next to nothing (chance is ~10%)
+MACHINE_KEYS = ("device_name", "device", "num_processes", "num_machines", "mixed_precision", "torch")
 
-
-# --- inputs -----------------------------------------------------------------------
 
 @dataclass
 class ReportInputs:
     params: Params
-    metrics: dict   # variant -> metrics dict (train.summarize), in params order
-    histories: dict  # variant -> list of per-epoch dicts
-    consistency: dict  # consistency.summarize_seeds output
+    reference: Reference
+    table: dict      # variant -> its comparison-table row (table.table_row)
+    runs: dict       # variant -> its configured runs' summaries, train.seed first; [] if not run yet
+    histories: dict  # variant -> per-seed histories, in the order of runs
+    code: dict       # variant -> {"metrics", "history"} of the published-code rerun; absent if not run
+    errors: dict | None  # the last variant's misclassified test images; None if it is not run yet
+    precision: list  # per precision seed: its mixed-precision and fp32 runs (precision.read_precision_runs)
 
     @property
     def final_variant(self) -> VariantConfig:
-        """The drill-down's last step; its saved weights give the misclassified grid."""
+        """The drill-down's last step; its misclassified digits are shown."""
         return list(self.params.variants.values())[-1]
 
-
-def load_inputs(params: Params, metrics_dir: str | Path, history_dir: str | Path,
-                consistency_path: str | Path) -> ReportInputs:
-    metrics, histories = {}, {}
-    for name in params.variants:
-        rerun = f"run `dvc repro train@{name}`"
-        m = read_input(Path(metrics_dir) / f"{name}.json", rerun)
-        h = read_input(Path(history_dir) / f"{name}.json", rerun)
-        if m.get("variant") != name or len(h) != m.get("epochs"):
-            raise InputFileError(f"{Path(metrics_dir) / f'{name}.json'}: does not match variant {name!r} "
-                                 f"or its {len(h)}-epoch history; {rerun}")
-        metrics[name], histories[name] = m, h
-    consistency = read_input(Path(consistency_path), "run `dvc repro consistency`")
-    if consistency.get("variant") != params.consistency.variant:
-        raise InputFileError(f"{consistency_path}: summarises {consistency.get('variant')!r}, params.yaml says "
-                             f"consistency.variant is {params.consistency.variant!r}; run `dvc repro consistency`")
-    return ReportInputs(params, metrics, histories, consistency)
-
-
-# --- comparison with the published table --------------------------------------------
-
-def binomial_se(acc_percent: float, n: int) -> float:
-    """Standard error, in percentage points, of an accuracy measured on n independent images."""
-    p = acc_percent / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
-
-
-def band_half_width(published_acc: float, test_images: int, seed_std: float | None) -> float:
-    """BAND_SIGMAS x the larger of the two noise sources; the seed spread may be unknown (one seed)."""
-    return BAND_SIGMAS * max(binomial_se(published_acc, test_images), seed_std or 0.0)
-
-
-def verdict(difference: float, half_width: float) -> str:
-    if abs(difference) <= half_width:
-        return "within band"
-    return "above" if difference > 0 else "below"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    variant: VariantConfig
-    metrics: dict
-    difference: float   # ours best test - published best test, percentage points
-    half_width: float   # of the noise band, percentage points
-    verdict: str
+    @property
+    def ran(self) -> dict:
+        """variant -> its runs, for the variants that have any."""
+        return {name: runs for name, runs in self.runs.items() if runs}
 
     @property
-    def params_match(self) -> bool:
-        return self.metrics["params"] == self.variant.published.params
+    def not_run(self) -> list[str]:
+        return [name for name, runs in self.runs.items() if not runs]
+
+    def how_to_run(self, name: str) -> str:
+        """What a table shows in place of a variant's numbers while it is not run."""
+        return f"not run yet: `dvc repro {seed_stage(self.params, name, self.params.train.seed)}`"
 
 
-def compare(inputs: ReportInputs) -> list[Comparison]:
-    seed_std = inputs.consistency["best_test_acc"]["std"]
-    rows = []
-    for name, variant in inputs.params.variants.items():
-        m = inputs.metrics[name]
-        difference = round(m["best_test_acc"] - variant.published.best_test, 2)
-        half = band_half_width(variant.published.best_test, m["test_images"], seed_std)
-        rows.append(Comparison(variant, m, difference, half, verdict(difference, half)))
-    return rows
+def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir,
+                errors_dir, precision_dir) -> ReportInputs:
+    params = load_params(params_path)
+    runs = read_runs(params, runs_dir)
+    return ReportInputs(params=params, reference=load_reference(reference_path),
+                        table=read_table(params, table_dir, runs),
+                        runs=runs, histories=read_histories(params, history_dir, runs),
+                        code=read_published_code(params, code_dir),
+                        errors=read_errors(params, errors_dir, list(params.variants)[-1], runs),
+                        precision=read_precision_runs(params, precision_dir, runs_dir))
 
 
-# --- markdown ---------------------------------------------------------------------
+# --- markdown helpers -------------------------------------------------------------------
 
 def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return "–" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
@@ -126,8 +92,12 @@ def markdown_table(headers: list[str], rows: list[list], numeric: set[int] = fro
     return "\n".join(lines)
 
 
-def _pct(value: float) -> str:
-    return f"{value:.2f}"
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def _pair(ours, published, fmt=str) -> str:
+    return " / ".join("–" if v is None else fmt(v) for v in (ours, published))
 
 
 def _duration(seconds: float) -> str:
@@ -135,201 +105,245 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
-def results_table(comparisons: list[Comparison]) -> str:
-    headers = ["Variant", "Target", "Params: ours / published", "Best train: ours (published)", "Best test",
-               "Best-test epoch", "Final test", "Published best test", "Δ best test", "Verdict (band ±)",
-               "Wall time"]
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _link(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def describe_machine(run: dict) -> str:
+    """Where a run ran, as its run file records it."""
+    return (f"{run['device_name']} ({run['device']}), {_plural(run['num_processes'], 'process', 'processes')} "
+            f"on {_plural(run['num_machines'], 'machine')}, mixed precision {run['mixed_precision']}, "
+            f"torch {run['torch']}")
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def runs_section(inputs: ReportInputs) -> list[str]:
+    machines: dict[str, list[str]] = {}
+    for name, runs in inputs.ran.items():
+        for run in runs:
+            machines.setdefault(describe_machine(run), []).append(f"{name} seed {run['seed']}")
+    shapes = {(r["epochs"], r["train_images"], r["test_images"]) for runs in inputs.ran.values() for r in runs}
+    variants = (f"{len(inputs.ran)} of {len(inputs.runs)} variants run ({len(inputs.not_run)} not run yet)"
+                if inputs.not_run else f"{len(inputs.runs)} variants")
+    lines = [f"- {variants}, {_plural(sum(len(r) for r in inputs.ran.values()), 'run')}; "
+             + "; ".join(f"{e} epochs on {tr:,} training and {te:,} test images" for e, tr, te in sorted(shapes))]
+    if len(machines) == 1:
+        lines.append(f"- Every run on: {next(iter(machines))}")
+    else:
+        lines += [f"- On {machine}: {', '.join(runs)}" for machine, runs in machines.items()]
+    return lines
+
+
+def steps_section(params: Params, reference: Reference) -> list[str]:
+    def notebook(name: str) -> str:
+        pub = reference.get(name)
+        return f" ([published notebook]({pub.notebook}))" if pub and pub.notebook else ""
+
+    return [f"{i}. `{v.name}`: {v.target}{notebook(v.name)}" for i, v in enumerate(params.variants.values(), 1)]
+
+
+def side_by_side(inputs: ReportInputs) -> str:
+    headers = ["Variant", "Params: ours / published", "Best train: ours / published",
+               "Best test: published run", "published code here", f"ours (seed {inputs.params.train.seed})",
+               "ours: mean ± SD over n seeds", "Band (±)", "Verdict: published is",
+               "Best-test epoch: ours / published", "Final test: ours / published"]
     rows = []
-    for c in comparisons:
-        m, pub = c.metrics, c.variant.published
-        params = f"{m['params']:,} / {pub.params:,}" + ("" if c.params_match else " **mismatch**")
-        rows.append([c.variant.name, c.variant.target, params,
-                     f"{_pct(m['best_train_acc'])} ({_pct(pub.best_train)})", _pct(m["best_test_acc"]),
-                     f"{m['best_test_epoch']} of {m['epochs']}", _pct(m["final_test_acc"]), _pct(pub.best_test),
-                     f"{c.difference:+.2f}", f"{c.verdict} (±{c.half_width:.2f})", _duration(m["wall_seconds"])])
-    return markdown_table(headers, rows, numeric={4, 5, 6, 7, 8, 10})
+    for name, row in inputs.table.items():
+        seeds = row["seeds"]
+        rows.append([
+            name, _pair(row["params"]["ours"], row["params"]["published"], lambda v: f"{v:,}"),
+            _pair(row["best_train"]["ours"], row["best_train"]["published"], _pct),
+            _pct(row["best_test"]["published"]), _pct(row["best_test"]["published_code"]) or "not run",
+            _pct(row["best_test"]["ours"]) if seeds["n"] else inputs.how_to_run(name),
+            f"{seeds['best_test_mean']:.2f} ± {seeds['best_test_sd']:.3f} (n = {seeds['n']})" if seeds["n"]
+            else "– (n = 0)",
+            None if row["verdict"]["band"] is None else f"±{row['verdict']['band']:.2f}", row["verdict"]["published"],
+            _pair(row["best_test_epoch"]["ours"], row["best_test_epoch"]["published"]),
+            _pair(row["final_test"]["ours"], row["final_test"]["published"], _pct)])
+    return markdown_table(headers, rows, numeric={3, 4, 5, 7})
 
 
-def describe_machine() -> str:
-    """CPU model, cores, GPU and torch of the machine running the report stage: in a
-    `dvc repro` that is the machine that trained (the metrics record device and processes)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = (f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-           else "no GPU")
-    return f"{cpu} ({cores} cores), {gpu}, torch {torch.__version__}"
-
-
-def total_wall_seconds(inputs: ReportInputs) -> float:
-    return sum(m["wall_seconds"] for m in inputs.metrics.values())
-
-
-def run_summary(inputs: ReportInputs) -> str:
-    """One line: what ran, where, and how long it took in total."""
-    total = total_wall_seconds(inputs)
-    return (f"{len(inputs.metrics)} variants × {_uniform_or_listed(inputs, 'epochs')} epochs, seed "
-            f"{_uniform_or_listed(inputs, 'seed')}, on {_uniform_or_listed(inputs, 'device')} × "
-            f"{_uniform_or_listed(inputs, 'num_processes')} process(es); training wall time "
-            f"{_duration(total)} in total (sum of the variants' `wall_seconds`)")
-
-
-def render_readme_block(inputs: ReportInputs, report_link: str, machine: str, date: str) -> str:
-    """What goes between the README markers: the report's table, the run, and where the rest is."""
-    return "\n".join([
-        "<!-- generated by stages/report.py (`dvc repro report`); edits here are overwritten -->",
-        results_table(compare(inputs)),
+def verdict_rule(inputs: ReportInputs) -> list[str]:
+    ses = [binomial_se(inputs.reference.get(name).best_test, runs[0]["test_images"])
+           for name, runs in inputs.ran.items() if inputs.reference.get(name)]
+    images = sorted({runs[0]["test_images"] for runs in inputs.ran.values()})
+    ns = sorted({len(runs) for runs in inputs.ran.values()})
+    lines = [
+        "Each published number is one run; ours are n seeds of the same recipe (n in the table). For each variant:",
         "",
-        f"Run: {run_summary(inputs)}. Report generated {date} on {machine}.",
+        f"    band = mean ± {BAND_SIGMAS} · sqrt(sd² + se²)",
         "",
-        f"Noise band, consistency over seeds, learning curves and model cards: [{report_link}]({report_link}).",
-    ])
-
-
-def replace_readme_block(readme: str, block: str, source: str = "README.md") -> str:
-    lines = readme.splitlines()
-    begins = [i for i, line in enumerate(lines) if line.strip() == README_BEGIN]
-    ends = [i for i, line in enumerate(lines) if line.strip() == README_END]
-    if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
-        raise InputFileError(f"{source}: needs exactly one line `{README_BEGIN}` followed by one line "
-                             f"`{README_END}` where the results table goes (found {len(begins)} and {len(ends)})")
-    new = lines[:begins[0] + 1] + block.splitlines() + lines[ends[0]:]
-    return "\n".join(new) + "\n"
-
-
-# --- report sections ------------------------------------------------------------------
-
-def _uniform_or_listed(inputs: ReportInputs, key: str, fmt=str) -> str:
-    values = {name: m[key] for name, m in inputs.metrics.items()}
-    if len(set(values.values())) == 1:
-        return fmt(next(iter(values.values())))
-    return "varies: " + ", ".join(f"{name} {fmt(v)}" for name, v in values.items())
-
-
-def run_section(inputs: ReportInputs, machine: str, date: str) -> list[str]:
-    total = total_wall_seconds(inputs)
-    n = len(inputs.metrics)
-    return [
-        f"- Generated {date} on {machine} (the machine that ran the report stage)",
-        f"- Device: {_uniform_or_listed(inputs, 'device')}; processes: {_uniform_or_listed(inputs, 'num_processes')}"
-        f" (as recorded in each variant's metrics file)",
-        f"- Seed: {_uniform_or_listed(inputs, 'seed')}; epochs: {_uniform_or_listed(inputs, 'epochs')}; "
-        f"training images: {_uniform_or_listed(inputs, 'train_images', lambda v: f'{v:,}')}; "
-        f"test images: {_uniform_or_listed(inputs, 'test_images', lambda v: f'{v:,}')}",
-        f"- Total training wall time of the {n} variant runs: {_duration(total)} "
-        f"(sum of their `wall_seconds`; the consistency seeds are not included)",
+        "- mean, sd: mean and sample standard deviation (ddof 1) of our seeds' best test accuracy; sd = 0 "
+        f"with one seed, where the band is ±{BAND_SIGMAS}·se (here n = {', '.join(map(str, ns))} seeds);",
+        f"- se = sqrt(p(1 − p)/N): the binomial standard error of the published best test accuracy p measured on "
+        f"N = {', '.join(f'{n:,}' for n in images)} test images (our count)"
+        + (f", {min(ses):.3f} to {max(ses):.3f} points across the variants" if ses else "") + ".",
+        "",
+        "Verdict: the published best test accuracy is *within* the band (ends included), *above* it or *below* it. "
+        "Both best-test numbers are the highest of the per-epoch test evaluations: the test set chose the epoch, an "
+        "optimistic selection made the same way on both sides; the final-epoch column has no selection.",
     ]
+    return lines
 
 
-def band_explanation(inputs: ReportInputs, comparisons: list[Comparison]) -> list[str]:
-    c = inputs.consistency
-    seed_std = c["best_test_acc"]["std"]
-    n_images = sorted({m["test_images"] for m in inputs.metrics.values()})
-    se_range = sorted(binomial_se(x.variant.published.best_test, x.metrics["test_images"]) for x in comparisons)
-    seed_text = (f"the sample standard deviation (ddof 1) of `{c['variant']}`'s best test accuracy over "
-                 f"its {c['n']} seeds, {seed_std:.3f} points (see *Consistency*); it was measured on that "
-                 f"variant only and is applied to every variant as the best estimate available"
-                 if seed_std is not None else
-                 f"unknown: `{c['variant']}` was run with one seed only, so the band uses the binomial term alone")
-    return [
-        "Each published number and each of ours is a single run, so a difference means something only "
-        "beyond the noise. Half-width of the band:",
-        "",
-        f"    half-width = {BAND_SIGMAS} × max(binomial SE, seed SD)",
-        "",
-        f"- binomial SE = sqrt(p(1 − p)/n), with p the published best test accuracy and n = "
-        f"{', '.join(f'{v:,}' for v in n_images)} test images: {se_range[0]:.3f} to {se_range[-1]:.3f} points "
-        "across the variants (the sampling error of an accuracy measured on n images);",
-        f"- seed SD: {seed_text}.",
-        "",
-        "Verdict: *within band* if |Δ best test| ≤ half-width, otherwise *above* or *below* the published value.",
-        "",
-        "The published \"best test\" is the highest of its per-epoch evaluations (one after every epoch) "
-        "on the test set itself: the test set chose the epoch, an optimistic "
-        "selection. Our *Best test* is selected the same way so that the two compare like for like; the "
-        "*Final test* column (last epoch, no selection) is the number to weigh as well.",
-    ]
+def seeds_section(inputs: ReportInputs) -> list[str]:
+    target = inputs.reference.target_acc
+
+    def spread(d: dict) -> str:
+        return f"{d['mean']:.2f} ± {d['sd']:.3f} ({d['min']:.2f} to {d['max']:.2f})"
+
+    rows = []
+    for name, runs in inputs.runs.items():
+        if not runs:
+            rows.append([name, 0, inputs.how_to_run(name), "–", "–", "–", "–"])
+            continue
+        s = seed_summary(runs)
+        rows.append([name, s["n"], ", ".join(str(r["seed"]) for r in runs), spread(s["best_test"]),
+                     spread(s["final_test"]), spread(s["best_train"]),
+                     f"{sum(r['final_test_acc'] >= target for r in runs)} of {s['n']}"])
+    return ["Every run of each variant: mean ± sample SD (min to max). SD is 0 for a single seed.", "",
+            markdown_table(["Variant", "n", "Seeds", "Best test", "Final test", "Best train",
+                            f"Final test ≥ {target:.2f}%"], rows, numeric={1})]
 
 
-def consistency_section(c: dict) -> list[str]:
-    target = c["target_acc"]
-    rows = [[s["seed"], _pct(s["best_test_acc"]), _pct(s["final_test_acc"]),
-             "yes" if s["final_test_acc"] >= target else "no"] for s in c["seeds"]]
-    best, final = c["best_test_acc"], c["final_test_acc"]
-
-    def spread(d):
-        std = "n/a (one seed)" if d["std"] is None else f"{d['std']:.3f}"
-        return f"{_pct(d['mean'])} ± {std} (min {_pct(d['min'])}, max {_pct(d['max'])})"
-
-    return [
-        f"`{c['variant']}` trained with {c['n']} seeds, otherwise identical ({c['epochs']} epochs, "
-        f"{c['test_images']:,} test images). Mean ± sample standard deviation.",
-        "",
-        markdown_table(["Seed", "Best test", "Final test", f"Final ≥ {target:.2f}"], rows, numeric={0, 1, 2}),
-        "",
-        f"- Best test: {spread(best)}; {c['reached_target_best']} of {c['n']} seeds reach {target:.2f}%",
-        f"- Final test: {spread(final)}; {c['reached_target_final']} of {c['n']} seeds reach {target:.2f}%",
-    ]
+def disagreements(reference: Reference, params: Params) -> list[str]:
+    """Where the published table differs from its own notebook's log."""
+    facts = []
+    for name in params.variants:
+        pub = reference.get(name)
+        if pub is None:
+            continue
+        best = pub.log_best_test
+        if pub.best_test != best["test_acc"]:
+            final = " (the log's final epoch)" if pub.best_test == pub.log_final_test else ""
+            facts.append(f"- `{name}`: table best test {pub.best_test:.2f}{final}; its log's best is "
+                         f"{best['test_acc']:.2f} at epoch {best['epoch']}")
+        if pub.best_train != pub.log_best_train:
+            facts.append(f"- `{name}`: table best train {pub.best_train:.2f}; its log's best (the running accuracy "
+                         f"of each epoch's last batch) is {pub.log_best_train:.2f}")
+    return facts or ["- none: every table value equals the best of its log"]
 
 
-def trend(values: list[float]) -> str:
-    steps = [b - a for a, b in zip(values, values[1:])]
-    if steps and all(s > 0 for s in steps):
-        return "rising each epoch"
-    if steps and all(s < 0 for s in steps):
-        return "falling each epoch"
-    return "not monotonic"
+def _accs(history) -> list[float]:
+    return [e["test_acc"] for e in history]
 
 
-def stalled_epochs(history: list[dict]) -> int:
-    """Leading epochs whose test accuracy stayed near chance: training that did not start."""
-    n = 0
-    while n < len(history) and history[n]["test_acc"] < CHANCE_ACC:
-        n += 1
-    return n
+def _arrow(values) -> str:
+    return " → ".join(f"{v:.2f}" for v in values)
 
 
-def largest_swing(history: list[dict]) -> float:
-    """Largest change in test accuracy between consecutive epochs among the last SWING_EPOCHS."""
-    accs = [h["test_acc"] for h in history[-SWING_EPOCHS:]]
-    return max((abs(b - a) for a, b in zip(accs, accs[1:])), default=0.0)
+def stall_facts(histories: list[list[dict]], pub: PublishedRun | None, seeds: list[int]) -> list[str]:
+    stalls = [stalled_epochs(_accs(h)) for h in histories]
+    facts = []
+    if any(stalls):
+        facts.append("epochs at chance level at the start (test accuracy below "
+                     f"{CHANCE_ACC:.0f}%) in our runs: " + ", ".join(f"seed {s}: {k}" for s, k in zip(seeds, stalls)))
+    if pub is not None:
+        k = stalled_epochs(_accs(pub.log))
+        if k:
+            facts.append(f"the published log {'also ' if any(stalls) else ''}sits at chance for its first "
+                         f"{_plural(k, 'epoch')}: "
+                         + ", ".join(f"{e['test_acc']:.2f}%" for e in pub.log[:k]) + " (test loss "
+                         + ", ".join(f"{e['test_loss']:.4f}" for e in pub.log[:k]) + ")")
+        elif any(stalls):
+            facts.append(f"the published log starts learning at once: epoch 1 at {pub.log[0]['test_acc']:.2f}%")
+    return facts
 
 
-def observations(c: Comparison, history: list[dict]) -> list[str]:
-    m, name = c.metrics, c.variant.name
-    last = history[-TREND_EPOCHS:]
-    final = history[-1]
-    lowest_loss = min(history, key=lambda h: h["test_loss"])
-    gap = final["train_acc"] - final["test_acc"]
+def observations(name: str, inputs: ReportInputs) -> list[str]:
+    row, runs, histories = inputs.table[name], inputs.runs[name], inputs.histories[name]
+    pub, seeds = inputs.reference.get(name), [r["seed"] for r in runs]
+    noise = band([r["best_test_acc"] for r in runs], pub.best_test, runs[0]["test_images"])
+    main = histories[0]
+    last = main[-TREND_EPOCHS:]
+    published_last = [e["test_acc"] for e in pub.log[-TREND_EPOCHS:]]
+    lowest = min(main, key=lambda h: h["test_loss"])
+    pub_lowest = min(pub.log, key=lambda e: e["test_loss"])
+    swing, pub_swing = largest_swing(_accs(main)), largest_swing(_accs(pub.log))
+    final = main[-1]
     facts = [
-        f"best test {_pct(m['best_test_acc'])}% at epoch {m['best_test_epoch']} of {m['epochs']}; published "
-        f"{_pct(c.variant.published.best_test)}% (Δ {c.difference:+.2f}, band ±{c.half_width:.2f})",
-        f"test accuracy over the last {len(last)} epochs: "
-        f"{' → '.join(_pct(h['test_acc']) for h in last)} ({trend([h['test_acc'] for h in last])})",
-        f"final epoch: train {_pct(final['train_acc'])}%, test {_pct(final['test_acc'])}%, "
-        f"train − test {gap:+.2f} points (train accuracy is measured on the training batches in train mode"
-        + (", augmented" if c.variant.augment else "") + (", with dropout" if c.variant.dropout else "") + ")",
-        f"lowest test loss {lowest_loss['test_loss']:.4f} at epoch {lowest_loss['epoch']} "
-        f"(best test accuracy at epoch {m['best_test_epoch']})",
+        f"published best test {pub.best_test:.2f}; our {_plural(len(runs), 'seed')}: mean {noise.mean:.2f}, "
+        f"min {min(r['best_test_acc'] for r in runs):.2f}, max {max(r['best_test_acc'] for r in runs):.2f}; "
+        f"band ±{noise.half_width:.2f} (sd {noise.sd:.3f}, se {noise.se:.3f})",
+        *stall_facts(histories, pub, seeds),
+        f"test accuracy over the last {len(last)} epochs: ours (seed {seeds[0]}) {_arrow(_accs(last))} "
+        f"({trend(_accs(last))}); published {_arrow(published_last)} ({trend(published_last)})",
+        f"largest epoch-to-epoch change over the last {SWING_EPOCHS} epochs: ours (seed {seeds[0]}) {swing:.2f}, "
+        f"published {pub_swing:.2f} points, against the band's ±{noise.half_width:.2f}"
+        + (": which epoch happens to be best can alone move a best-of-epochs number by that much"
+           if max(swing, pub_swing) > noise.half_width else ""),
+        f"lowest test loss: ours (seed {seeds[0]}) {lowest['test_loss']:.4f} at epoch {lowest['epoch']}, published "
+        f"{pub_lowest['test_loss']:.4f} at epoch {pub_lowest['epoch']}",
+        f"final epoch of ours (seed {seeds[0]}): train {final['train_acc']:.2f}%, test {final['test_acc']:.2f}% "
+        "(train accuracy on the training batches in train mode, as published)",
     ]
-    stalled = stalled_epochs(history)
-    if stalled:
-        facts.append(f"the first {stalled} epoch{'s' if stalled > 1 else ''} stayed at chance level (test "
-                     f"accuracy below {CHANCE_ACC:.0f}%, test loss {history[stalled - 1]['test_loss']:.2f}): "
-                     f"only {len(history) - stalled} of {len(history)} epochs trained")
-    swing = largest_swing(history)
-    facts.append(f"largest epoch-to-epoch change in test accuracy over the last {SWING_EPOCHS} epochs: "
-                 f"{swing:.2f} points, " + (
-                     f"more than the band's half-width ({c.half_width:.2f}): which epoch happens to be "
-                     "best can alone move a best-of-epochs number out of the band" if swing > c.half_width else
-                     f"less than the band's half-width ({c.half_width:.2f})"))
-    if not c.params_match:
-        facts.append(f"parameter count {m['params']:,} differs from the published {c.variant.published.params:,}")
-    return [f"**{name}** ({c.verdict})", ""] + [f"- {f}" for f in facts] + [""]
+    if row["params"]["ours"] != row["params"]["published"]:
+        facts.append(f"parameter count {row['params']['ours']:,} differs from the published "
+                     f"{row['params']['published']:,}")
+    return [f"**{name}**: the published best test is {row['verdict']['published']} our band", "",
+            *[f"- {f}" for f in facts], f"- {attribution_sentence(name, inputs, noise, pub)}", ""]
+
+
+def attribution_sentence(name: str, inputs: ReportInputs, noise, pub: PublishedRun) -> str:
+    if name not in inputs.code:
+        return (f"the published code was not rerun here for `{name}` (params.yaml `published_code.variants`): these "
+                "files cannot tell whether our code or the published run is off")
+    code = inputs.code[name]["metrics"]["best_test_acc"]
+    a = attribute(noise, pub.best_test, code)
+    said = (f"the published code rerun here reaches {code:.2f}: "
+            f"{'outside' if a.ours_vs_code else 'within'} ±{noise.half_width:.2f} of our mean {noise.mean:.2f}, "
+            f"{'outside' if a.published_vs_code else 'within'} ±{noise.half_width:.2f} of the published "
+            f"{pub.best_test:.2f}")
+    if a.cause == "undecided":
+        return said + ("; it sides with neither, so these files do not tell which is off" if a.ours_vs_code
+                       else "; it is close to both, so these files do not tell which is off")
+    return f"{said}: **{a.cause}**"
+
+
+def gap_section(inputs: ReportInputs) -> list[str]:
+    rows = []
+    for name, histories in inputs.histories.items():
+        pub = inputs.reference.get(name)
+        gap = largest_gap(mean_curve(histories), pub.log) if pub else None
+        if not histories:
+            rows.append([name, 0, "–", inputs.how_to_run(name), "–", "–"])
+            continue
+        rows.append([name, len(histories)] + (["–"] * 4 if gap is None else
+                                               [gap.epoch, f"{gap.ours:.2f}", f"{gap.published:.2f}",
+                                                f"{gap.difference:+.2f}"]))
+    return [f"Largest difference, after epoch {GAP_AFTER_EPOCH}, between our per-epoch test accuracy "
+            "(mean over our seeds) and the published log's:",
+            "",
+            markdown_table(["Variant", "Seeds", "Epoch", "Ours (mean)", "Published", "Ours − published"], rows,
+                           numeric={1, 2, 3, 4, 5})]
+
+
+def wall_time_section(inputs: ReportInputs) -> list[str]:
+    machines = {describe_machine(r) for runs in inputs.ran.values() for r in runs}
+    rows = []
+    for name, runs in inputs.runs.items():
+        seconds = [r["wall_seconds"] for r in runs]
+        rows.append([name, len(runs), _duration(seconds[0]), _duration(sum(seconds) / len(seconds)),
+                     _duration(sum(seconds))] if runs else [name, 0, inputs.how_to_run(name), "–", "–"])
+        if len(machines) > 1:
+            rows[-1].append(describe_machine(runs[0]) if runs else "–")
+    total = sum(r["wall_seconds"] for runs in inputs.ran.values() for r in runs)
+    where = f" All on {next(iter(machines))}." if len(machines) == 1 else ""
+    # A variant not run yet would make the total look like the whole drill-down's cost.
+    unrun = f" ({len(inputs.not_run)} not run yet)" if inputs.not_run else ""
+    return [f"Training wall time as each run file records it (`wall_seconds`).{where} "
+            f"In total {_duration(total)} over {_plural(sum(map(len, inputs.ran.values())), 'run')} of "
+            f"{_plural(len(inputs.ran), 'variant')}{unrun}. "
+            "Speed comparisons are the benchmark stage's (`metrics/benchmark.json`).",
+            "",
+            markdown_table(["Variant", "Runs", f"Seed {inputs.params.train.seed}", "Mean per run", "Total"]
+                           + ([f"Machine (seed {inputs.params.train.seed})"] if len(machines) > 1 else []),
+                           rows, numeric={1, 2, 3, 4})]
 
 
 def model_cards(params: Params) -> list[str]:
@@ -364,140 +378,184 @@ def model_cards(params: Params) -> list[str]:
     return lines
 
 
-# --- misclassified images -----------------------------------------------------------
+# --- figures ----------------------------------------------------------------------------------
 
-@dataclass
-class Misclassified:
-    images: torch.Tensor    # uint8 (K, 28, 28), K <= MISCLASSIFIED_SHOWN
-    labels: torch.Tensor
-    predicted: torch.Tensor
-    indices: torch.Tensor
-    wrong: int              # misclassified among all `total` test images
-    total: int
+def _pairs(history) -> list[tuple]:
+    return [(e["epoch"], e["test_acc"]) for e in history]
 
 
-@torch.no_grad()
-def find_misclassified(model_path: str | Path, variant: VariantConfig, cfg: TrainConfig,
-                       data_root: str | Path) -> Misclassified:
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise InputFileError(f"{model_path}: missing; run `dvc repro train@{variant.name}`")
-    model = build_model(variant.model, variant.dropout)
-    try:
-        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
-        raise InputFileError(f"{model_path}: not a state_dict of `{variant.model}` ({str(e).splitlines()[0]}); "
-                             f"run `dvc repro train@{variant.name}`") from None
-    model.eval()
-    images, labels = load_split(data_root, train=False, limit=cfg.test_limit)
-    # Same preprocessing as the training loop's evaluation, channels_last included.
-    predicted = torch.cat([model(prepare_images(chunk, cfg, augment=False)).argmax(1)
-                           for chunk in images.split(cfg.eval_batch_size)])
-    wrong = (predicted != labels).nonzero().flatten()
-    shown = wrong[:MISCLASSIFIED_SHOWN]
-    return Misclassified(images[shown], labels[shown], predicted[shown], shown, len(wrong), len(labels))
+def write_misclassified(inputs: ReportInputs, data_root, path: Path) -> Path:
+    """The first MISCLASSIFIED_SHOWN of the errors file, drawn from the test images themselves."""
+    errors, name = inputs.errors, inputs.final_variant.name
+    shown = errors["misclassified"][:MISCLASSIFIED_SHOWN]
+    images, labels = load_split(data_root, train=False)
+    for e in shown:
+        # A label that disagrees with the test set means the file indexes something else (a holdout, a stale set).
+        if not 0 <= e["index"] < len(labels) or int(labels[e["index"]]) != e["label"]:
+            raise InputFileError(f"misclassified images of {name}: test image #{e['index']} is not a {e['label']} in "
+                                 f"{data_root}; rerun `dvc repro train@{name}`")
+    idx = [e["index"] for e in shown]
+    return misclassified_figure(images[idx].numpy(), [e["label"] for e in shown], [e["predicted"] for e in shown],
+                                idx, path, f"{name}: first {len(shown)} of {len(errors['misclassified']):,} "
+                                           "misclassified test images", limit=MISCLASSIFIED_SHOWN)
 
 
-# --- the whole report -----------------------------------------------------------------
-
-def _link(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(target, start)).as_posix()
-
-
-def write_figures(inputs: ReportInputs, figures_dir: Path, missed: Misclassified) -> dict[str, Path]:
+def write_figures(inputs: ReportInputs, figures_dir: Path, data_root) -> dict[str, Path]:
+    """Figure key (a variant's name, "overlay", "misclassified") -> path. A variant not run yet gets
+    the published curves alone (none without a published entry); the overlay shows the variants run."""
+    target = inputs.reference.target_acc
     figures = {}
-    for name, history in inputs.histories.items():
-        figures[f"{name}_curves"] = curves_figure(history, f"{name}: loss and accuracy per epoch",
-                                                  figures_dir / f"{name}_curves.png", TARGET_ACC)
-    figures["overlay"] = overlay_figure(inputs.histories, figures_dir / "test_accuracy_overlay.png", TARGET_ACC)
-    final = inputs.final_variant.name
-    figures["misclassified"] = misclassified_figure(
-        missed.images.numpy(), missed.labels.tolist(), missed.predicted.tolist(), missed.indices.tolist(),
-        figures_dir / f"misclassified_{final}.png",
-        f"{final}: first {len(missed.indices)} of {missed.wrong:,} misclassified test images")
+    for name, histories in inputs.histories.items():
+        pub = inputs.reference.get(name)
+        code = inputs.code.get(name)
+        if not histories and not pub:
+            continue
+        title = (f"{name}: test accuracy per epoch, ours against the published run" if histories
+                 else f"{name}: test accuracy per epoch of the published run (ours not run yet)")
+        figures[name] = comparison_figure(
+            title, mean_curve(histories), len(histories), _pairs(pub.log) if pub else None,
+            _pairs(code["history"]) if code else None, figures_dir / f"{name}_vs_published.png", target)
+    curves = {name: [(c["epoch"], c["mean"]) for c in mean_curve(h)] for name, h in inputs.histories.items() if h}
+    if curves:
+        figures["overlay"] = overlay_figure(curves, figures_dir / "test_accuracy_overlay.png", target)
+    if inputs.errors is not None and inputs.errors.get("evaluated_on", "test") == "test":
+        figures["misclassified"] = write_misclassified(
+            inputs, data_root, figures_dir / f"misclassified_{inputs.final_variant.name}.png")
     return figures
 
 
-def render_report(inputs: ReportInputs, figures: dict[str, Path], missed: Misclassified, report_dir: Path,
-                  model_path: str, machine: str, date: str) -> str:
-    comparisons = compare(inputs)
-    outside = [c for c in comparisons if c.verdict != "within band"]
-    final = inputs.final_variant
-    final_metrics = inputs.metrics[final.name]
+def write_curves(inputs: ReportInputs, curves_dir: Path) -> dict[str, Path]:
+    """variant -> <curves_dir>/<variant>.json, its stats.plot_curve, for `dvc plots`."""
+    curves = {}
+    for name, histories in inputs.histories.items():
+        pub, code = inputs.reference.get(name), inputs.code.get(name)
+        curves[name] = curves_dir / f"{name}.json"
+        write_json(curves[name], plot_curve(mean_curve(histories), pub.log if pub else None,
+                                            code["history"] if code else None))
+    return curves
+
+
+def remove_stale(directory: Path, pattern: str, written) -> None:
+    """Delete what an earlier report left in directory and this one did not write (a removed variant's file)."""
+    for stale in set(directory.glob(pattern)) - set(written):
+        stale.unlink()
+
+
+# --- the whole report --------------------------------------------------------------------------
+
+def misclassified_section(inputs: ReportInputs, link: dict) -> list[str]:
+    errors, name = inputs.errors, inputs.final_variant.name
+    if errors is None:
+        return [f"`{name}` is {inputs.how_to_run(name)}; its misclassified test images are shown once it has run."]
+    if "misclassified" not in link:
+        return [f"`{name}` was evaluated on {errors.get('evaluated_on')}, not the test set: no test digits to show."]
+    wrong, total = len(errors["misclassified"]), errors["test_images"]
+    final = inputs.runs[name][0]["final_test_acc"]
+    return [f"`{name}` (seed {errors['seed']}), after its last epoch, misclassifies {wrong:,} of {total:,} test "
+            f"images, an accuracy of {100 * (total - wrong) / total:.2f}% (final test accuracy in its run file: "
+            f"{final:.2f}%). "
+            f"The first {min(wrong, MISCLASSIFIED_SHOWN)} in test-set order:",
+            "", f"![misclassified test images of {name}]({link['misclassified']})"]
+
+
+def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Path, sources: dict[str, Path]) -> str:
     link = {key: _link(path, report_dir) for key, path in figures.items()}
+    # Shown as paths from the project root (the report's parent directory in dvc.yaml's layout),
+    # linked relative to the report.
+    src = {key: f"[{_link(path, report_dir.parent)}]({_link(path, report_dir)})" for key, path in sources.items()}
+    outside = [name for name, row in inputs.table.items() if row["verdict"]["published"] in ("above", "below")]
+    no_verdict = [name for name, row in inputs.table.items() if row["verdict"]["published"] is None]
     lines = [
-        f"# Reproduction report: {len(comparisons)} variants against the published drill-down",
+        f"# Reproduction report: {len(inputs.table)} variants against the published drill-down",
         "",
-        "Generated by `stages/report.py` from `params.yaml` and the metrics files; no number here is typed by hand.",
+        f"Rendered by `stages/report.py` from `params.yaml`, the published table and logs in "
+        f"{src['reference']}, the comparison table in {src['table']} "
+        f"(`dvc repro compare`; `dvc metrics show --md` prints it) and the run files in {src['runs']}. "
+        "No number here is typed by hand.",
         "",
-        *run_section(inputs, machine, date),
+    ]
+    if inputs.not_run:
+        lines += [f"**{len(inputs.not_run)} of {len(inputs.runs)} variants not run yet**: "
+                  + ", ".join(f"`{n}` (`dvc repro {seed_stage(inputs.params, n, inputs.params.train.seed)}`)"
+                              for n in inputs.not_run)
+                  + ". Every table lists them as not run, with their published numbers; totals count only the "
+                  "runs that exist.", ""]
+    lines += [
+        "## The runs",
+        "",
+        *runs_section(inputs),
+        "",
+        "The drill-down, one step per variant:",
+        "",
+        *steps_section(inputs.params, inputs.reference),
         "",
         "## Side by side",
         "",
-        results_table(comparisons),
+        side_by_side(inputs),
         "",
-        "### How the verdict is decided",
+        "*Published*: the write-up's table for params, best train and best test; its notebook's log for the "
+        "best-test epoch and the final test. *Published code here*: the notebooks' data path (DataLoader + PIL "
+        f"transforms) rerun on this pipeline with seed {inputs.params.train.seed}. *Ours*: seed "
+        f"{inputs.params.train.seed}, like the published single run, with the mean over all our seeds beside it.",
         "",
-        *band_explanation(inputs, comparisons),
+        "### The verdict rule",
         "",
-        f"![test accuracy of every variant]({link['overlay']})",
+        *verdict_rule(inputs),
         "",
-        "## Consistency over seeds",
+    ]
+    if no_verdict:
+        lines += [f"No verdict for {', '.join(f'`{n}`' for n in no_verdict)}: no published entry in "
+                  f"{src['reference']}, or runs evaluated on a training holdout rather than the test set.", ""]
+    lines += [
+        "## Seeds",
         "",
-        *consistency_section(inputs.consistency),
+        *seeds_section(inputs),
         "",
-        "## Observations outside the band",
+        "## Where the published table and its own logs disagree",
+        "",
+        *disagreements(inputs.reference, inputs.params),
+        "",
+        "## Outside the band",
         "",
     ]
     if outside:
-        lines += ["Facts from the per-epoch histories, for each variant outside its band.", ""]
-        for c in outside:
-            lines += observations(c, inputs.histories[c.variant.name])
+        lines += ["Facts from the per-epoch histories and the published logs, for each variant whose published best "
+                  "test falls outside our band.", ""]
+        for name in outside:
+            lines += observations(name, inputs)
     else:
-        lines += ["Every variant is within its band.", ""]
-    lines += ["## Learning curves", ""]
-    for name in inputs.histories:
-        lines += [f"### {name}", "", f"![{name} loss and accuracy per epoch]({link[f'{name}_curves']})", ""]
-    lines += [
-        f"## Misclassified test images: {final.name}",
-        "",
-        f"The saved final-epoch weights (`{model_path}`) misclassify {missed.wrong:,} of {missed.total:,} test "
-        f"images, an accuracy of {100 * (missed.total - missed.wrong) / missed.total:.2f}% "
-        f"(final-epoch test accuracy in its metrics file: {_pct(final_metrics['final_test_acc'])}%). "
-        f"The first {len(missed.indices)} in test-set order:",
-        "",
-        f"![misclassified test images of {final.name}]({link['misclassified']})",
-        "",
-        "## Model cards",
-        "",
-        *model_cards(inputs.params),
-    ]
+        lines += ["Every published best test accuracy is within our band.", ""]
+    lines += ["## Per-epoch gap to the published logs", "", *gap_section(inputs), ""]
+    if "overlay" in link:
+        lines += [f"![test accuracy of every variant run]({link['overlay']})", ""]
+    for name, histories in inputs.histories.items():
+        lines += [f"### {name}", ""]
+        if not histories:
+            lines += [f"`{name}` is {inputs.how_to_run(name)}"
+                      + ("; the published run alone:" if name in link else "; no published log either."), ""]
+        if name in link:
+            against = "against the published run" if histories else "of the published run"
+            lines += [f"![{name}: test accuracy per epoch {against}]({link[name]})", ""]
+    lines += ["## Mixed precision", "", *precision_section(inputs.params, inputs.precision), "",
+              "## Wall time", "", *wall_time_section(inputs), "",
+              f"## Misclassified test images: {inputs.final_variant.name}", "",
+              *misclassified_section(inputs, link), "",
+              "## Model cards", "", *model_cards(inputs.params)]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def build_report(*, params_path: str | Path, metrics_dir: str | Path, history_dir: str | Path,
-                 consistency_path: str | Path, model_path: str | Path, data_root: str | Path,
-                 report_path: str | Path, figures_dir: str | Path, readme_path: str | Path | None) -> str:
-    """Write the report, its figures and the README block; return the report's markdown."""
-    params = load_params(params_path)
-    inputs = load_inputs(params, metrics_dir, history_dir, consistency_path)
-    report_path, figures_dir = Path(report_path), Path(figures_dir)
-    machine, date = describe_machine(), datetime.date.today().isoformat()
-    readme = None
-    if readme_path is not None:
-        # Checked before anything is written, so a README without markers leaves no half-done report.
-        if not Path(readme_path).is_file():
-            raise InputFileError(f"{readme_path}: missing; create it with the lines `{README_BEGIN}` and "
-                                 f"`{README_END}` where the results table goes")
-        readme_before = Path(readme_path).read_text()
-        readme_block = render_readme_block(inputs, _link(report_path, Path(readme_path).parent), machine, date)
-        readme = replace_readme_block(readme_before, readme_block, str(readme_path))
-    missed = find_misclassified(model_path, inputs.final_variant, params.train, data_root)
-    figures = write_figures(inputs, figures_dir, missed)
-    text = render_report(inputs, figures, missed, report_path.parent, str(model_path), machine, date)
+def build_report(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,
+                 precision_dir, data_root, report_path, figures_dir, curves_dir) -> str:
+    """Read every input (any missing one stops it before a file is written), write the figures,
+    the curves and the report; return the report's markdown."""
+    inputs = load_inputs(params_path=params_path, reference_path=reference_path, table_dir=table_dir,
+                         runs_dir=runs_dir, history_dir=history_dir, code_dir=code_dir, errors_dir=errors_dir,
+                         precision_dir=precision_dir)
+    report_path, figures_dir, curves_dir = Path(report_path), Path(figures_dir), Path(curves_dir)
+    figures = write_figures(inputs, figures_dir, data_root)
+    remove_stale(figures_dir, "*.png", figures.values())
+    remove_stale(curves_dir, "*.json", write_curves(inputs, curves_dir).values())
+    sources = {"reference": Path(reference_path), "table": Path(table_dir), "runs": Path(runs_dir)}
+    text = render_report(inputs, figures, report_path.parent, sources)
     write_text(report_path, text)
-    if readme is not None and readme != readme_before:
-        with atomic_path(readme_path) as tmp:
-            tmp.write_text(readme)
-            shutil.copymode(readme_path, tmp)  # a tracked file keeps its mode; mkstemp's would be 0600
     return text
