@@ -8,6 +8,7 @@ of the wrong type or out of range raises ``ParamsError`` naming the key path
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ class LaunchConfig:
                               f"got {self.main_process_port}")
         if self.mixed_precision not in PRECISIONS:
             raise ParamsError(f"launch.mixed_precision: unknown value {self.mixed_precision!r}; choose one of "
-                              f"{', '.join(PRECISIONS)} (write \"no\" in quotes: YAML reads a bare no as false)")
+                              f"{', '.join(PRECISIONS)})")
 
 
 @dataclass(frozen=True)
@@ -271,13 +272,33 @@ def parse_params(raw: Any) -> Params:
     return params
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's scalars, the way DVC reads and rewrites params.yaml.
+
+    `dvc exp run -S` rewrites params.yaml under YAML 1.2 and drops the quotes of
+    `mixed_precision: "no"`; PyYAML (YAML 1.1) would read that bare `no` as false
+    and `1e-3` as a string, so a valid experiment would fail its own checks.
+    """
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found; run from the project root or pass --params")
     with path.open() as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=Yaml12Loader)
         except yaml.YAMLError as e:
             raise ParamsError(f"{path}: not valid YAML ({e})") from None
     return parse_params(raw)
