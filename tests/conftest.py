@@ -8,6 +8,7 @@ layout). Everything a test writes goes under pytest's tmp dirs.
 from __future__ import annotations
 
 import os
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -103,3 +104,439 @@ def cli_env(tmp_path_factory, mnist_mirror) -> dict:
     env.update(HF_HOME=str(tmp_path_factory.mktemp("hf_home")), MNIST_MIRROR=mnist_mirror,
                PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
     return env
+
+
+# --- stages run in-process, and the committed results in the pipeline's layout ---------------
+
+def load_stage(name: str):
+    """stages/<name>.py as a module (the stages are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def run_stage():
+    """run_stage(name, argv): the stage's main under cli.run, as `python stages/<name>.py` runs it
+    (a known failure is one line on stderr and SystemExit(1))."""
+    from mnist_repro import cli
+
+    return lambda name, argv: cli.run(load_stage(name).main, [str(a) for a in argv])
+
+
+# Real 15-epoch results on the full data, in the old flat layout: the seven seed-1 runs,
+# four extra lr_scheduler seeds and the published-path rerun, as committed at 37309a9.
+# Copied verbatim into tests/data so that later reruns change nothing here and a
+# shallow clone (CI) has them.
+RESULTS_DIR = REPO / "tests" / "data" / "results-37309a9"
+RESULTS_VARIANTS = ("basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation",
+                    "lr_scheduler")
+RESULTS_EXTRA_SEEDS = (2, 3, 4, 5)  # of lr_scheduler
+# What those runs recorded elsewhere (that commit's README and report) and their files lack.
+RESULTS_MACHINE = {"num_machines": 1, "mixed_precision": "no", "device_name": "AMD EPYC (2 cores)",
+                   "torch": "2.14.1+cu130", "evaluated_on": "test"}
+
+
+def _results_json(path: str):
+    import json
+
+    return json.loads((RESULTS_DIR / path).read_text())
+
+
+@pytest.fixture(scope="session")
+def committed_results() -> dict:
+    """New-layout relative path -> content, from the results in RESULTS_DIR."""
+    files = {}
+    for name in RESULTS_VARIANTS:
+        files[f"metrics/runs/{name}/seed_1.json"] = {**_results_json(f"metrics/{name}.json"), **RESULTS_MACHINE}
+        files[f"metrics/history/{name}/seed_1.json"] = _results_json(f"metrics/history/{name}.json")
+    for seed in RESULTS_EXTRA_SEEDS:
+        files[f"metrics/runs/lr_scheduler/seed_{seed}.json"] = {
+            **_results_json(f"metrics/consistency/seed_{seed}.json"), **RESULTS_MACHINE}
+        files[f"metrics/history/lr_scheduler/seed_{seed}.json"] = _results_json(
+            f"metrics/consistency/history/seed_{seed}.json")
+    files["metrics/published_code/lr_scheduler.json"] = _results_json("metrics/published_path.json")
+    files["metrics/published_code/history/lr_scheduler.json"] = _results_json("metrics/published_path_history.json")
+    return files
+
+
+@pytest.fixture(scope="session")
+def make_results_project(committed_results, mnist_root):
+    """Factory: make_results_project(dest) fills dest with what compare and report read:
+    params.yaml (full-size train section; lr_scheduler's extra seeds and published-code
+    rerun configured), reference/published.json, the committed runs in the new layout,
+    and an errors file for the last variant (below). Returns dest."""
+    import shutil
+
+    import torch
+
+    from mnist_repro.data import load_split
+    from mnist_repro.io import write_json
+
+    _, labels = load_split(mnist_root, train=False)
+
+    def make(dest: Path) -> Path:
+        write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
+            "seeds.variants": ["lr_scheduler"], "seeds.extra": list(RESULTS_EXTRA_SEEDS),
+            "published_code.variants": ["lr_scheduler"], "precision.seeds": []})
+        (dest / "reference").mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "reference" / "published.json", dest / "reference" / "published.json")
+        for rel, content in committed_results.items():
+            write_json(dest / rel, content)
+        # The committed runs predate errors files and their weights are not in git, so this one
+        # is a stand-in: 40 real test-set indices with their true labels and a wrong prediction;
+        # what the report draws from it is the test images at those indices.
+        indices = torch.arange(0, len(labels), 250)[:40].tolist()
+        write_json(dest / "metrics/errors/lr_scheduler.json", {
+            "variant": "lr_scheduler", "seed": 1, "evaluated_on": "test", "test_images": len(labels),
+            "misclassified": [{"index": i, "label": int(labels[i]), "predicted": (int(labels[i]) + 1) % 10}
+                              for i in indices]})
+        return dest
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def compare_argv():
+    """compare_argv(root): the compare stage's arguments as dvc.yaml gives them, under root."""
+    return lambda root: ["--params", root / "params.yaml", "--reference", root / "reference/published.json",
+                         "--runs", root / "metrics/runs", "--published-code", root / "metrics/published_code",
+                         "--out", root / "metrics/table"]
+
+
+@pytest.fixture(scope="session")
+def report_argv(mnist_root):
+    """report_argv(root): the report stage's arguments as dvc.yaml gives them, under root."""
+    return lambda root: ["--params", root / "params.yaml", "--reference", root / "reference/published.json",
+                         "--table", root / "metrics/table", "--runs", root / "metrics/runs",
+                         "--history", root / "metrics/history", "--published-code", root / "metrics/published_code",
+                         "--errors", root / "metrics/errors", "--precision", root / "metrics/precision",
+                         "--data", mnist_root,
+                         "--out", root / "metrics/report.md", "--figures", root / "metrics/figures",
+                         "--curves", root / "metrics/curves"]
+
+
+# --- throw-away git + DVC copies of the project, and one finished pipeline on a slice -----------
+
+# Pipeline outputs and the lock: a copy of the project starts without the checkout's results.
+PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/", "dvc.lock")
+GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main")
+# The quick pipeline: every stage runs, each on a slice (benchmark.steps 0 = one epoch of the slice).
+QUICK_PIPELINE = {"seeds.variants": ["lr_scheduler"], "seeds.extra": [2], "precision.seeds": [1],
+                  "benchmark.repeats": 1}
+PIPELINE_TIMEOUT_S = 1800
+DVC = (sys.executable, "-m", "dvc")
+
+
+def sh(cmd, cwd, env, timeout=300, check=True):
+    """Run cmd (no shell); with check, fail the test with its output unless it exits 0. Output is
+    decoded by hand: text=True would turn a progress bar's \\r into \\n."""
+    import subprocess
+
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, timeout=timeout)
+    proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    if check and proc.returncode:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode} in {cwd}\n"
+                    f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def git_commit(root: Path, env: dict, message: str) -> None:
+    sh([*GIT, "add", "-A"], root, env)
+    sh([*GIT, "commit", "-q", "--allow-empty", "-m", message], root, env)
+
+
+def init_project(dest: Path, env: dict, *, params: dict | None = None, exclude: tuple = ()) -> Path:
+    """A git repository at dest holding the checkout's tracked and new (not ignored) files, without
+    pipeline outputs, the lock or `exclude` prefixes; params.yaml written by write_quick_params(**params)
+    when given; committed. Returns dest."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in listed:
+        if rel and not rel.startswith(PIPELINE_OUTPUTS + tuple(exclude)) and (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    if params is not None:
+        write_quick_params(dest, **params)
+    sh([*GIT, "init", "-q"], dest, env)
+    git_commit(dest, env, "project copy under test")
+    return dest
+
+
+def tree_digests(root: Path, under: str = "") -> dict:
+    """{relative path: sha256} of every file below root/under, outside .git, .dvc/cache, .dvc/tmp
+    and __pycache__ (ignored files included)."""
+    import hashlib
+
+    skip = (".git/", ".dvc/cache/", ".dvc/tmp/")
+    found = {}
+    for path in sorted((root / under).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith(skip) and "__pycache__" not in path.parts:
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def lock_outs(root: Path) -> set:
+    """Every output path dvc.lock records (files and directories)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def experiments(root: Path, env: dict) -> dict:
+    """{experiment name: its rev entry} from `dvc exp show --json`."""
+    import json
+
+    shown = json.loads(sh([*DVC, "exp", "show", "--json"], root, env).stdout)
+    return {e["name"]: e["revs"][0] for base in shown for e in (base.get("experiments") or [])}
+
+
+def project_env(root: Path, env: dict) -> dict:
+    """env with the copy's own sources (not the editable install's) first on every stage's path."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture(scope="session")
+def cpu_env(cli_env) -> dict:
+    """cli_env with every GPU hidden: CPU processes on a host with 0, 1 or many GPUs."""
+    return {**cli_env, "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(tmp_path_factory, cpu_env) -> dict:
+    """One `dvc repro` of the whole pipeline on a slice (QUICK_PIPELINE), in a committed git copy.
+
+    Returns work (the copy, its run committed afterwards), env, repro (the CompletedProcess),
+    before / after (tree_digests around the repro) and porcelain (`git status --porcelain
+    --untracked-files=all` right after it). Tests must not change work: copy it with
+    copy_finished_pipeline to change anything."""
+    work = tmp_path_factory.mktemp("finished_pipeline") / "project"
+    env = project_env(work, cpu_env)
+    init_project(work, env, params={"overrides": QUICK_PIPELINE})
+    before = tree_digests(work)
+    repro = sh([*DVC, "repro"], work, env, timeout=PIPELINE_TIMEOUT_S)
+    after = tree_digests(work)
+    porcelain = sh(["git", "status", "--porcelain", "--untracked-files=all"], work, env).stdout
+    git_commit(work, env, "dvc repro on a slice")
+    return dict(work=work, env=env, repro=repro, before=before, after=after, porcelain=porcelain)
+
+
+@pytest.fixture
+def copy_finished_pipeline(finished_pipeline, tmp_path):
+    """copy_finished_pipeline(name="project") -> a private copy of finished_pipeline's work
+    (git history, DVC cache hard-linked, workspace), under tmp_path."""
+    import os
+    import shutil
+
+    def copy(name: str = "project") -> Path:
+        src, dest = finished_pipeline["work"], tmp_path / name
+        shutil.copytree(src, dest, symlinks=True,
+                        ignore=lambda d, names: ["tmp", "cache"] if Path(d) == src / ".dvc" else [])
+        shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)
+        return dest
+
+    return copy
+
+
+# --- training runs as stage subprocesses: dvc.yaml's launch flags, several launchers, a kill ----
+
+TRAIN_TIMEOUT_S = 300
+# params overrides for test runs: one torch thread per process (speed only, not in the checkpoint
+# fingerprint); the tests share a few busy cores, where threads waiting on each other cost more
+# than they bring.
+ONE_THREAD = {"train.cpu_threads": 1}
+ACCELERATE_LAUNCH = (sys.executable, "-m", "accelerate.commands.launch")
+TRAIN_OUTPUTS = {"metrics": "metrics.json", "history": "history.json", "model": "model.pt",
+                 "errors": "errors.json"}
+
+
+def launch_flags(params: Path) -> list[str]:
+    """A params file's launch section as dvc.yaml's `${launch}` unpacks it into `accelerate launch`
+    flags (DVC's default for booleans: true is a bare flag, false is left out)."""
+    launch = yaml.safe_load(Path(params).read_text())["launch"]
+    flags = []
+    for key, value in launch.items():
+        if isinstance(value, bool):
+            flags += [f"--{key}"] if value else []
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def train_cmd(variant: str, params: Path, data: Path, out: Path, *, outputs=("metrics", "history", "model"),
+              checkpoint: Path | None = None, launch: bool = True, machine_rank: int = 0,
+              launch_extra=()) -> list[str]:
+    """stages/train.py writing `outputs` (named as in TRAIN_OUTPUTS) into out. With launch: under
+    `accelerate launch` with the params file's launch flags and --machine_rank, as dvc.yaml runs it,
+    then launch_extra (a later flag overrides the params'); -q, so a refused run shows its one-line
+    error, not the single-process launcher's traceback. Without: plain `python stages/train.py`."""
+    stage = [str(REPO / "stages" / "train.py"), variant, "--params", str(params), "--data", str(data)]
+    for name in outputs:
+        stage += [f"--{name}", str(Path(out) / TRAIN_OUTPUTS[name])]
+    if checkpoint:
+        stage += ["--checkpoint", str(checkpoint)]
+    if not launch:
+        return [sys.executable, *stage]
+    return [*ACCELERATE_LAUNCH, "-q", *launch_flags(params), "--machine_rank", str(machine_rank),
+            *map(str, launch_extra), *stage]
+
+
+def run_cmd(cmd, env: dict, timeout: float = TRAIN_TIMEOUT_S):
+    """cmd in the repository root; output decoded by hand (text=True would turn tqdm's \\r into \\n)."""
+    import subprocess
+
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, timeout=timeout)
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error: ...` lines a refused run printed (what a terminal shows last after tqdm's \\r)."""
+    return [line.split("\r")[-1] for line in stderr.split("\n") if line.split("\r")[-1].startswith("error: ")]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a fixed --main_process_port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Started:
+    """A command (a launcher and the workers it starts) running in its own session, its stdout
+    and stderr in <log>.out / <log>.err."""
+
+    def __init__(self, cmd, env: dict, log: Path):
+        import subprocess
+
+        self.out, self.err = Path(f"{log}.out"), Path(f"{log}.err")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=out, stderr=err,
+                                         start_new_session=True)
+
+    @property
+    def returncode(self):
+        return self.proc.poll()
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the command and every process under it, launcher first (so it starts no more):
+        torch's elastic launcher starts each worker in a session of its own, so a killed
+        launcher's process group would leave its workers running."""
+        import psutil  # an Accelerate dependency
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=60)
+        self.proc.wait(timeout=60)
+
+
+def _start_all(cmds, env: dict, log_dir: Path) -> list[Started]:
+    return [Started(cmd, env, Path(log_dir) / f"run{i}") for i, cmd in enumerate(cmds)]
+
+
+def run_together(cmds, env: dict, log_dir: Path, timeout: float = TRAIN_TIMEOUT_S) -> list[Started]:
+    """Start every command at once (the nodes of one job) and wait for all; a run still going
+    after `timeout` (a hang in mismatched collectives) kills them all and fails the test."""
+    import time
+
+    runs = _start_all(cmds, env, log_dir)
+    deadline = time.monotonic() + timeout
+    try:
+        while any(r.returncode is None for r in runs):
+            if time.monotonic() > deadline:
+                pytest.fail(f"still running after {timeout} s:\n" + "\n".join(
+                    f"--- run {i} stderr\n{r.stderr[-3000:]}" for i, r in enumerate(runs)))
+            time.sleep(0.1)
+    finally:
+        for r in runs:
+            r.kill()
+    return runs
+
+
+def run_until_checkpoint(cmds, env: dict, log_dir: Path, manifests, timeout: float = TRAIN_TIMEOUT_S):
+    """Start every command at once and SIGKILL them all as soon as every checkpoint manifest in
+    `manifests` names a saved state (an interrupted job); fails if a run ends first. Returns the
+    runs and the manifests' contents at the kill."""
+    import json
+    import time
+
+    runs = _start_all(cmds, env, log_dir)
+    deadline = time.monotonic() + timeout
+
+    def has_state(path) -> bool:
+        try:
+            return bool(json.loads(Path(path).read_text()).get("state"))
+        except (OSError, ValueError):  # not written yet
+            return False
+
+    try:
+        while not all(has_state(m) for m in manifests):
+            ended = [i for i, r in enumerate(runs) if r.returncode is not None]
+            if ended or time.monotonic() > deadline:
+                pytest.fail(f"runs {ended} ended (or {timeout} s passed) before every manifest had a state:\n"
+                            + "\n".join(f"--- run {i} stderr\n{r.stderr[-3000:]}" for i, r in enumerate(runs)))
+            time.sleep(0.01)
+    finally:
+        for r in runs:
+            r.kill()
+    return runs, [json.loads(Path(m).read_text()) for m in manifests]
+
+
+TIMING_KEYS = ("wall_seconds", "seconds")
+
+
+def without_timing(result):
+    """A run summary (dict) or history (list of dicts) without its wall times, the only fields
+    two identical runs differ in."""
+    if isinstance(result, list):
+        return [without_timing(r) for r in result]
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+def evaluate_saved(model_path: Path, variant: str, params_path: Path, data_root: Path) -> dict:
+    """The saved weights evaluated in this process on the params' test slice: mean NLL, number
+    correct and each image's predicted label."""
+    import torch
+    import torch.nn.functional as F
+
+    from mnist_repro.config import load_params
+    from mnist_repro.data import load_split
+    from mnist_repro.models import build_model
+    from mnist_repro.train import prepare_images
+
+    params = load_params(params_path)
+    v = params.variant(variant)
+    model = build_model(v.model, v.dropout)
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.eval()
+    images, labels = load_split(data_root, train=False, limit=params.train.test_limit)
+    with torch.no_grad():
+        logits = model(prepare_images(images, params.train, augment=False))
+    predicted = logits.argmax(1)
+    return {"loss": F.nll_loss(logits, labels).item(), "correct": int((predicted == labels).sum()),
+            "predicted": predicted.tolist(), "labels": labels.tolist()}

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import importlib.util
 import types
 
 import pytest
 import yaml
 
-from mnist_repro.config import Params, ParamsError, load_params, parse_params
-from mnist_repro.train import run_training
+from mnist_repro.config import LaunchConfig, Params, ParamsError, load_params, parse_params
+from mnist_repro.train import check_launch, check_shares
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,14 @@ def test_repo_params_load(repo_root):
     assert len(params.variants) == 7
     assert params.variant("lr_scheduler").schedule == "one_cycle"
     assert isinstance(params.variant("basic_setup").lr, float)
-    assert params.train.seed not in params.consistency.extra_seeds
+    assert params.train.seed not in params.seeds.extra
+    assert set(params.seeds.variants) | set(params.published_code.variants) <= set(params.variants)
+    assert params.precision.variant in params.variants and params.precision.mixed_precision in ("bf16", "fp16")
+    # one process on this machine, as the committed results were made
+    assert params.launch == LaunchConfig(multi_gpu=False, num_processes=1, num_machines=1,
+                                         main_process_ip="127.0.0.1", main_process_port=0,
+                                         mixed_precision="no", dynamo_backend="no")
+    assert params.train.holdout == 0 and params.benchmark.steps == 0
 
 
 def test_unknown_section(raw):
@@ -63,9 +68,10 @@ def test_unknown_variant_key(raw):
     assert msg.startswith("variants.skeleton.lrr:") and "unknown key" in msg
 
 
-def test_unknown_published_key(raw):
-    msg = rejected(raw, lambda r: r["variants"]["dropout"]["published"].update(best=1))
-    assert msg.startswith("variants.dropout.published.best:")
+def test_published_numbers_are_not_params(raw):
+    """The published results live in reference/published.json; a leftover key is a typo."""
+    msg = rejected(raw, lambda r: r["variants"]["dropout"].update(published={"best": 99.4}))
+    assert msg.startswith("variants.dropout.published:") and "unknown key" in msg
 
 
 def test_unknown_variant_name(repo_root):
@@ -74,9 +80,18 @@ def test_unknown_variant_name(repo_root):
         params.variant("lr_schedular")
 
 
-def test_consistency_variant_must_exist(raw):
-    msg = rejected(raw, lambda r: r["consistency"].update(variant="nope"))
-    assert msg.startswith("variants.nope:")
+@pytest.mark.parametrize("section", ["precision", "benchmark"])
+def test_variant_of_a_section_must_exist(raw, section):
+    msg = rejected(raw, lambda r: r[section].update(variant="nope"))
+    assert msg.startswith("variants.nope: unknown variant")
+
+
+@pytest.mark.parametrize("section", ["seeds", "published_code"])
+def test_variant_lists_name_variants(raw, section):
+    msg = rejected(raw, lambda r: r[section].update(variants=["skeleton", "nope"]))
+    assert msg.startswith(f"{section}.variants: 'nope' is not a variant")
+    msg = rejected(raw, lambda r: r[section].update(variants="skeleton"))
+    assert msg.startswith(f"{section}.variants: expected a list of variant names")
 
 
 @pytest.mark.parametrize("key,value", [("epochs", 0), ("epochs", -2), ("batch_size", 0),
@@ -130,10 +145,100 @@ def test_out_of_range_variant_values(raw, key, value):
     assert msg.startswith(f"variants.dropout.{key}:")
 
 
-@pytest.mark.parametrize("seeds", [[1, 2], [2, 2], ["2"], 2])
-def test_extra_seeds_rejected(raw, seeds):
-    msg = rejected(raw, lambda r: r["consistency"].update(extra_seeds=seeds))
-    assert msg.startswith("consistency.extra_seeds:")
+@pytest.mark.parametrize("seeds,expected", [([1, 2], "must exclude train.seed"), ([2, 2], "lists a seed twice"),
+                                            (["2"], "expected a list of integers"), (2, "expected a list")])
+def test_extra_seeds_rejected(raw, seeds, expected):
+    msg = rejected(raw, lambda r: r["seeds"].update(extra=seeds))
+    assert msg.startswith("seeds.extra:") and expected in msg
+
+
+@pytest.mark.parametrize("seeds", [[1, 1], [True], "1"])
+def test_precision_seeds_rejected(raw, seeds):
+    msg = rejected(raw, lambda r: r["precision"].update(seeds=seeds))
+    assert msg.startswith("precision.seeds:")
+
+
+@pytest.mark.parametrize("key", ["precision.mixed_precision", "benchmark.mixed_precision"])
+@pytest.mark.parametrize("value", ["no", "fp32"])
+def test_a_mixed_precision_to_compare_with_fp32_must_be_one(raw, key, value):
+    section, name = key.split(".")
+    msg = rejected(raw, lambda r: r[section].update({name: value}))
+    assert msg.startswith(f"{key}: {value!r} is not a mixed precision") and "bf16, fp16" in msg
+
+
+def test_benchmark_steps_zero_is_one_epoch_and_negative_is_rejected(raw):
+    ok = copy.deepcopy(raw)
+    ok["benchmark"]["steps"] = 0
+    assert parse_params(ok).benchmark.steps == 0
+    msg = rejected(raw, lambda r: r["benchmark"].update(steps=-1))
+    assert msg.startswith("benchmark.steps: must be 0 (one whole epoch) or a positive count")
+
+
+def test_holdout_must_leave_training_images(raw):
+    msg = rejected(raw, lambda r: r["train"].update(train_limit=600, holdout=600))
+    assert msg == "train.holdout: 600 held-out images leave none of the train.train_limit=600 to train on; lower it"
+    ok = copy.deepcopy(raw)
+    ok["train"].update(train_limit=600, holdout=100)
+    assert parse_params(ok).train.holdout == 100
+
+
+# --- launch: the flags dvc.yaml passes to `accelerate launch` ---------------------------------
+
+
+def launch(raw, **changes) -> dict:
+    return {**raw["launch"], **changes}
+
+
+@pytest.mark.parametrize("changes,expected", [
+    (dict(multi_gpu=False, num_processes=2), "launch.multi_gpu: must be true when launch.num_processes is 2"),
+    (dict(multi_gpu=True, num_processes=1), "launch.multi_gpu: must be false when launch.num_processes is 1"),
+    (dict(multi_gpu=True, num_processes=2, num_machines=2, main_process_port=0),
+     "launch.main_process_port: 0 (a free port per node) cannot work on several machines"),
+    (dict(multi_gpu=True, num_processes=3, num_machines=2, main_process_port=29500),
+     "launch.num_processes: 3 processes do not split evenly over 2 machines"),
+    (dict(num_machines=0), "launch.num_machines: must be at least 1"),
+    (dict(main_process_port=70000), "launch.main_process_port: must be 0 (pick a free port) or a TCP port"),
+    (dict(mixed_precision="fp8"), "launch.mixed_precision: unknown value 'fp8'"),
+    (dict(mixed_precision=False), "launch.mixed_precision: expected str, got a boolean False"),  # a YAML false
+])
+def test_launch_rejected(raw, changes, expected):
+    msg = rejected(raw, lambda r: r.update(launch=launch(r, **changes)))
+    assert msg.startswith(expected), msg
+
+
+def test_two_machines_with_a_fixed_port_are_accepted(raw):
+    ok = copy.deepcopy(raw)
+    ok["launch"] = launch(raw, multi_gpu=True, num_processes=16, num_machines=2, main_process_port=29500,
+                          mixed_precision="bf16")
+    assert parse_params(ok).launch.num_machines == 2
+
+
+def running(processes: int, precision: str = "no"):
+    """A stand-in for the Accelerator: what check_launch reads of the running job."""
+    return types.SimpleNamespace(num_processes=processes, mixed_precision=precision)
+
+
+TWO_ON_ONE = dict(multi_gpu=True, num_processes=2)  # params: two processes on one machine
+
+
+@pytest.mark.parametrize("params,processes,per_node,precision,key,said,has", [
+    ({}, 2, 2, "no", "num_processes", "1", "2"),                # params say one process
+    (TWO_ON_ONE, 2, 1, "no", "num_machines", "1", "2"),         # one process per node: two machines
+    (TWO_ON_ONE, 2, 2, "bf16", "mixed_precision", "'no'", "'bf16'"),
+])
+def test_check_launch_names_the_setting_that_differs(monkeypatch, params, processes, per_node, precision, key,
+                                                     said, has):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
+    with pytest.raises(ParamsError) as info:
+        check_launch(LaunchConfig(**params), running(processes, precision))
+    assert str(info.value) == (f"launch.{key}: params.yaml says {said} but this run has {has}; launch with "
+                               f"dvc.yaml's command (it passes params.yaml's launch flags) or change launch.{key}")
+
+
+def test_check_launch_accepts_the_run_params_describe(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    check_launch(LaunchConfig(multi_gpu=True, num_processes=16, num_machines=2, main_process_port=29500,
+                              mixed_precision="bf16"), running(16, "bf16"))
 
 
 def test_load_params_missing_file_and_bad_yaml(tmp_path):
@@ -145,32 +250,43 @@ def test_load_params_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
-def test_batch_not_divisible_by_processes_fails_before_any_work(repo_root, tmp_path):
-    """run_training checks the global batch against the process count first thing.
-
-    A stand-in accelerator with two processes is enough: the check must come
-    before anything else is touched (no data is read: the data root is empty).
-    The real two-process launch is in test_distributed.py.
-    """
-    params = load_params(repo_root / "params.yaml")
-    cfg = dataclasses.replace(params.train, batch_size=127)
-    fake = types.SimpleNamespace(num_processes=2)
-    with pytest.raises(ParamsError, match=r"^train\.batch_size: 127 is not divisible by 2 processes"):
-        run_training(params.variant("skeleton"), cfg, tmp_path / "no-data", accelerator=fake)
+@pytest.mark.parametrize("images,batch,processes", [(131, 128, 2), (256, 128, 2), (127, 128, 2), (130, 128, 2)])
+def test_shares_with_an_image_for_every_process_are_accepted(images, batch, processes):
+    check_shares(images, batch, processes)  # even or uneven splits, a short last batch: all fine
 
 
-def test_train_cli_reports_params_error_in_one_line(repo_root, tmp_path, raw, capsys):
+@pytest.mark.parametrize("images,batch,processes,smallest", [(129, 128, 2, 1), (1000, 2, 4, 2), (258, 128, 3, 2)])
+def test_a_batch_with_fewer_images_than_processes_is_refused(images, batch, processes, smallest):
+    with pytest.raises(ParamsError) as info:
+        check_shares(images, batch, processes)
+    assert str(info.value).startswith(
+        f"train: an epoch of {images} images in batches of {batch} ends on a batch of {smallest}, fewer images "
+        f"than the {processes} processes")
+
+
+def test_train_cli_reports_params_error_in_one_line(tmp_path, raw, capsys, run_stage):
     """stages/train.py turns a ParamsError into `error: <key path>: ...` and exit code 1."""
     bad = copy.deepcopy(raw)
     bad["train"]["epoch"] = 3
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(bad))
-    spec = importlib.util.spec_from_file_location("train_stage", repo_root / "stages" / "train.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    from mnist_repro import cli
     with pytest.raises(SystemExit) as info:
-        cli.run(stage.main, ["skeleton", "--params", str(path), "--data", str(tmp_path)])
+        run_stage("train", ["skeleton", "--params", path, "--data", tmp_path])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [err.strip()] and err.startswith("error: train.epoch: unknown key")
+
+
+def test_params_rewritten_by_dvc_exp_run_still_load(repo_root, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2), dropping the quotes of
+    "no"; the loader must read what DVC wrote the way DVC reads it."""
+    from ruamel.yaml import YAML
+
+    text = (repo_root / "params.yaml").read_text().replace('"no"', "no").replace("lr: 0.015", "lr: 15e-3")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.launch.mixed_precision == "no" and params.launch.dynamo_backend == "no"
+    assert params.variant("lr_scheduler").lr == 0.015
+    ruamel = YAML(typ="safe", pure=True).load(text)
+    assert ruamel["launch"]["mixed_precision"] == "no" and ruamel["variants"]["lr_scheduler"]["lr"] == 0.015

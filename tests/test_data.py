@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import pickle
 import threading
@@ -172,13 +173,22 @@ def corrupted_mirror(mnist_mirror_dir, tmp_path):
     return linked_copy(mnist_mirror_dir, tmp_path / "bad-mirror", **{f"{name}.gz": gzip.compress(bytes(content))})
 
 
-def test_corrupted_mirror_fails_over_to_the_next_source(offline, corrupted_mirror, mnist_mirror_dir, tmp_path):
+def test_corrupted_mirror_fails_over_to_the_next_source_and_says_so(offline, corrupted_mirror, mnist_mirror_dir,
+                                                                    tmp_path):
+    """The configured mirror is passed over, but not silently: one line names the source, the
+    file and both digests, before the next source's success."""
     offline.setenv("MNIST_MIRROR", str(corrupted_mirror))
     root = tmp_path / "root"
     logs = []
     target = download_mnist(root, mirror=str(mnist_mirror_dir), log=logs.append)
     verify_dir(target)
-    assert logs[0].startswith(f"MNIST from download.mirror={mnist_mirror_dir}:")
+    name = "t10k-labels-idx1-ubyte"
+    size, expected = MNIST_FILES[name]
+    served = hashlib.sha256(gzip.decompress((corrupted_mirror / f"{name}.gz").read_bytes())).hexdigest()
+    skipped, found = logs
+    assert skipped.startswith(f"MNIST source skipped: $MNIST_MIRROR={corrupted_mirror}: DataError: ")
+    assert f"/{name}: sha256 {served} ({size} bytes) does not match the official {expected} ({size} bytes)" in skipped
+    assert found.startswith(f"MNIST from download.mirror={mnist_mirror_dir}: 4 files verified")
     assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]
 
 
@@ -217,9 +227,12 @@ def test_no_source_works(offline, tmp_path):
     empty.mkdir()
     offline.setenv("MNIST_MIRROR", str(empty))
     root = tmp_path / "root"
+    logs = []
     with pytest.raises(DataError) as info:
-        download_mnist(root, mirror=str(tmp_path / "no-such-dir"), log=lambda m: None)
+        download_mnist(root, mirror=str(tmp_path / "no-such-dir"), log=logs.append)
     lines = str(info.value).splitlines()
+    # each failure was said as it happened, the same line as in the final list
+    assert logs == [f"MNIST source skipped: {line.strip()}" for line in lines[1:-1]]
     assert lines[0].startswith("no source gave the official MNIST files")
     tried = [l.strip() for l in lines[1:-1]]
     assert len(tried) == 3

@@ -1,89 +1,171 @@
-"""End to end: the whole `dvc repro` (download, seven variants, a consistency seed, benchmark,
-published path, report) on a tiny slice, in a throw-away git + DVC copy of the project."""
+"""End to end: the whole `dvc repro` on a slice (conftest's finished_pipeline: a throw-away git +
+DVC copy of the project), what it wrote and did not write, its stage logs; and dvc.yaml's
+hand-written variant lists against params.yaml. Expectations come from the copy's params.yaml and
+`dvc stage list`, not from a fixed list of stages, so a stage added later keeps them valid."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
+import re
+from pathlib import Path
 
-import pytest
+import yaml
+from conftest import DVC, REPO, lock_outs, sh, tree_digests
 
-VARIANTS = ["basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation", "lr_scheduler"]
-OUTPUT_DIRS = ("data/", "models/", "metrics/", "checkpoints/", "dvc_plots/")
-TIMEOUT = 900
-
-
-def project_files(repo_root) -> list[str]:
-    """Tracked and new (not ignored) files of the working tree, without pipeline outputs or the lock."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=repo_root, capture_output=True, text=True, check=True).stdout.split("\0")
-    return [f for f in listed if f and f != "dvc.lock" and not f.startswith(OUTPUT_DIRS)
-            and (repo_root / f).is_file()]
+TRAINING = ("train@", "seed@", "precision@", "published_path@")
+EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+)\b")
 
 
-def sh(cmd, cwd, env, timeout=120):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+def params_of(root: Path) -> dict:
+    return yaml.safe_load((root / "params.yaml").read_text())
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, repo_root, cli_env, quick_params, mnist_mirror):
-    work = tmp_path_factory.mktemp("pipeline") / "project"
-    for f in project_files(repo_root):
-        (work / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo_root / f, work / f)
-    quick_params(work / "params.yaml", epochs=1, train_limit=256, test_limit=200,
-                 overrides={"consistency.extra_seeds": [2], "benchmark.steps": 2, "benchmark.repeats": 1})
-    env = {**cli_env, "MNIST_MIRROR": mnist_mirror}
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"]
-    sh([*git, "init", "-q"], work, env)
-    sh([*git, "add", "-A"], work, env)
-    sh([*git, "commit", "-q", "-m", "copy under test"], work, env)
-    repro = sh(["dvc", "repro"], work, env, timeout=TIMEOUT)
-    return dict(work=work, env=env, repro=repro)
+def expected_stages(p: dict) -> set:
+    """The stages params.yaml's lists make dvc.yaml expand to."""
+    return {"check_params", "download", "benchmark",
+            *(f"train@{v}" for v in p["variants"]),
+            *(f"seed@{v}-{s}" for v in p["seeds"]["variants"] for s in p["seeds"]["extra"]),
+            *(f"precision@{s}" for s in p["precision"]["seeds"]),
+            *(f"published_path@{v}" for v in p["published_code"]["variants"])}
 
 
-def test_repro_runs_every_stage(project):
-    out = project["repro"].stdout
-    stages = ["download", *(f"train@{v}" for v in VARIANTS), "consistency_run@2", "consistency",
-              "benchmark", "published_path", "report"]
-    for stage in stages:
-        assert f"Running stage '{stage}'" in out, stage
-    work = project["work"]
-    assert (work / "dvc.lock").is_file()
-    for v in VARIANTS:
-        assert (work / "models" / f"{v}.pt").is_file()
-        assert json.loads((work / "checkpoints" / v / "run.json").read_text())["finished"] is True
+def stage_logs(stdout: str) -> dict:
+    """{stage name: the lines `dvc repro` printed while running it}."""
+    logs, current = {}, None
+    for line in stdout.split("\n"):  # not splitlines(): a progress bar's \r must stay inside its line
+        m = re.match(r"Running stage '([^']+)':", line)
+        if m:
+            current = m[1]
+            logs[current] = []
+        elif current:
+            logs[current].append(line)
+    return logs
 
 
-def test_metrics_show_lists_all_seven_variants(project):
-    shown = sh(["dvc", "metrics", "show", "--json"], project["work"], project["env"]).stdout
-    files = json.loads(shown)[""]["data"]
-    for v in VARIANTS:
-        m = files[f"metrics/{v}.json"]["data"]
-        assert m["variant"] == v and m["epochs"] == 1
-        assert m["train_images"] == 256 and m["test_images"] == 200
-        assert m["optimizer_steps"] == 2  # ceil(256 / 128)
-    seed = files["metrics/consistency/seed_2.json"]["data"]
-    assert seed["variant"] == "lr_scheduler" and seed["seed"] == 2
-    assert files["metrics/consistency.json"]["data"]["n"] == 2  # train.seed and the one extra seed
-    consistency = json.loads((project["work"] / "metrics/consistency.json").read_text())
-    assert sorted(s["seed"] for s in consistency["seeds"]) == [1, 2]
-    assert files["metrics/benchmark.json"]["data"]["variant"] == "lr_scheduler"
+def within(rel: str, outs: set) -> bool:
+    return any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outs)
 
 
-def test_report_has_a_row_per_variant(project):
-    report = (project["work"] / "metrics" / "report.md").read_text()
-    for v in VARIANTS:
-        assert f"| {v} |" in report, v
-    readme = (project["work"] / "README.md").read_text()
-    assert "| lr_scheduler |" in readme  # the report stage copies its table into the README
+def allowed_change(root: Path, rel: str, outs: set) -> bool:
+    """dvc.lock, a declared output, or a .gitignore whose every entry is a declared output (DVC's own)."""
+    if rel == "dvc.lock" or within(rel, outs):
+        return True
+    if Path(rel).name == ".gitignore" and (root / rel).is_file():
+        parent = Path(rel).parent
+        entries = [e.strip() for e in (root / rel).read_text().splitlines() if e.strip() and not e.startswith("#")]
+        return all((parent / e.lstrip("/")).as_posix() in outs for e in entries)
+    return False
 
 
-def test_second_repro_is_a_no_op(project):
-    proc = sh(["dvc", "repro"], project["work"], project["env"])
-    assert "Running stage" not in proc.stdout
-    status = sh(["dvc", "status"], project["work"], project["env"]).stdout
-    assert "changed" not in status
+def test_repro_runs_every_stage(finished_pipeline):
+    work, out = finished_pipeline["work"], finished_pipeline["repro"].stdout
+    ran = set(stage_logs(out))
+    assert expected_stages(params_of(work)) <= ran, sorted(expected_stages(params_of(work)) - ran)
+    listed = sh([*DVC, "stage", "list", "--name-only"], work, finished_pipeline["env"]).stdout.split()
+    assert set(listed) == ran, f"stages not run: {sorted(set(listed) - ran)}; run but not listed: {sorted(ran - set(listed))}"
+
+
+def test_outputs_in_the_pipeline_layout(finished_pipeline):
+    work = finished_pipeline["work"]
+    p = params_of(work)
+    tr, seed = p["train"], p["train"]["seed"]
+    steps = -(-tr["train_limit"] // tr["batch_size"])
+    runs = [(v, seed) for v in p["variants"]] + [(v, s) for v in p["seeds"]["variants"] for s in p["seeds"]["extra"]]
+    for v, s in runs:
+        m = json.loads((work / f"metrics/runs/{v}/seed_{s}.json").read_text())
+        assert (m["variant"], m["seed"], m["epochs"]) == (v, s, tr["epochs"]), m
+        assert (m["train_images"], m["test_images"], m["optimizer_steps"]) == (tr["train_limit"], tr["test_limit"],
+                                                                              tr["epochs"] * steps), m
+        assert m["num_processes"] == p["launch"]["num_processes"], m
+        history = json.loads((work / f"metrics/history/{v}/seed_{s}.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, tr["epochs"] + 1))
+        ckpt = "" if s == seed else f"-seed{s}"
+        manifests = sorted((work / f"checkpoints/{v}{ckpt}").glob("node-*/run.json"))  # one per node
+        assert manifests and all(json.loads(f.read_text())["finished"] is True for f in manifests), (v, s)
+    for v in p["variants"]:
+        assert (work / f"models/{v}.pt").stat().st_size > 0
+        assert json.loads((work / f"metrics/errors/{v}.json").read_text())["test_images"] == tr["test_limit"]
+    for s in p["precision"]["seeds"]:
+        m = json.loads((work / f"metrics/precision/seed_{s}.json").read_text())
+        assert (m["variant"], m["seed"]) == (p["precision"]["variant"], s)
+        assert m["mixed_precision"] == p["precision"]["mixed_precision"], m
+    for v in p["published_code"]["variants"]:
+        assert json.loads((work / f"metrics/published_code/{v}.json").read_text())["epochs"] == tr["epochs"]
+    assert json.loads((work / "metrics/benchmark.json").read_text())["variant"] == p["benchmark"]["variant"]
+
+
+def test_repro_writes_only_its_declared_outputs(finished_pipeline):
+    work, before, after = finished_pipeline["work"], finished_pipeline["before"], finished_pipeline["after"]
+    outs = lock_outs(work)
+    touched = {rel for rel in before.keys() | after.keys() if before.get(rel) != after.get(rel)}
+    assert "README.md" in before and after["README.md"] == before["README.md"]
+    assert "params.yaml" not in touched
+    assert {"dvc.lock"} <= touched
+    stray = sorted(rel for rel in touched if not allowed_change(work, rel, outs))
+    assert not stray, f"dvc repro created, changed or deleted files outside its declared outputs: {stray}"
+    # The same through git: only the lock and declared outputs show as new or modified.
+    porcelain = [line[3:] for line in finished_pipeline["porcelain"].splitlines()]
+    assert "dvc.lock" in porcelain and "README.md" not in porcelain
+    stray = sorted(rel for rel in porcelain if not allowed_change(work, rel, outs))
+    assert not stray, f"git status after dvc repro shows files outside its declared outputs: {stray}"
+
+
+def test_stage_logs_have_no_launch_warning_and_no_progress_bars(finished_pipeline):
+    proc = finished_pipeline["repro"]
+    both = proc.stdout + proc.stderr
+    assert "`--num_processes` was set to a value of `0`" not in both
+    assert "were not passed to `accelerate launch`" not in both
+    assert "\r" not in both, [line for line in both.split("\n") if "\r" in line][:5]
+    epochs = params_of(finished_pipeline["work"])["train"]["epochs"]
+    logs = stage_logs(proc.stdout)
+    training = [name for name in logs if name.startswith(TRAINING)]
+    assert training
+    for name in training:
+        found = [tuple(map(int, m.groups())) for m in map(EPOCH_LINE.search, logs[name]) if m]
+        assert found == [(k, epochs) for k in range(1, epochs + 1)], (name, logs[name])
+
+
+def test_second_repro_is_a_no_op_and_status_is_clean(finished_pipeline):
+    work, env = finished_pipeline["work"], finished_pipeline["env"]
+    assert json.loads(sh([*DVC, "status", "--json"], work, env).stdout) == {}
+    before = tree_digests(work)
+    proc = sh([*DVC, "repro"], work, env)
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert tree_digests(work) == before
+    assert sh(["git", "status", "--porcelain"], work, env).stdout == ""
+
+
+def plots(root: Path) -> list:
+    """[(name, spec)] of dvc.yaml's top-level plots, read as DVC reads it (a key written twice is
+    an error there, not silently dropped as yaml.safe_load would)."""
+    from dvc.utils.serialize import load_yaml
+
+    return [(name, spec) for entry in load_yaml(root / "dvc.yaml")["plots"] for name, spec in entry.items()]
+
+
+def test_plots_name_every_variant_once_and_their_templates_exist():
+    """dvc.yaml's top-level plots list every variant by hand: one file per variant, all of one
+    pattern (metrics/history/<v>/seed_1.json, ...), nothing else; each template is in .dvc/plots/."""
+    variants = list(params_of(REPO)["variants"])
+    assert plots(REPO)
+    for name, spec in plots(REPO):
+        assert isinstance(spec.get("y"), dict), f"plot {name}: y should map each file to its field(s)"
+        named = {f: [v for v in variants if v in Path(f).parts or Path(f).stem == v] for f in spec["y"]}
+        assert all(len(vs) == 1 for vs in named.values()), f"plot {name}: files naming no single variant: " \
+            f"{[f for f, vs in named.items() if len(vs) != 1]}"
+        assert sorted(vs[0] for vs in named.values()) == sorted(variants), \
+            f"plot {name}: missing {sorted(set(variants) - {vs[0] for vs in named.values()})}"
+        patterns = {f.replace(vs[0], "<variant>") for f, vs in named.items()}
+        assert len(patterns) == 1, f"plot {name} mixes file patterns: {sorted(patterns)}"
+        template = spec.get("template")
+        if template:
+            path = REPO / ".dvc" / "plots" / (template if Path(template).suffix else f"{template}.json")
+            assert path.is_file(), f"plot {name}: template {template} not at {path.relative_to(REPO)}"
+
+
+def test_every_plotted_file_is_a_pipeline_output(finished_pipeline):
+    work = finished_pipeline["work"]
+    outs = lock_outs(work)
+    for name, spec in plots(work):
+        for f in spec["y"]:
+            assert within(f, outs) and (work / f).is_file(), f"plot {name}: {f} is not written by dvc repro"

@@ -6,7 +6,10 @@ no shared temp file).
 
 Everything runs in a private git copy of the project under pytest's tmp dir
 (never in the checkout itself, whose DVC lock and outputs may be in use), with
-a quick train section: 1 epoch, 384 training and 200 test images.
+a quick train section (1 epoch, 384 training and 200 test images) and a launch
+section of two gloo CPU processes per run on a single machine (port 0: each run
+picks a free rendezvous port). GPUs are hidden, so this holds on hosts with 0, 1
+or many GPUs.
 """
 
 from __future__ import annotations
@@ -14,79 +17,40 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import (DVC, TRAIN_OUTPUTS, experiments, git_commit, init_project, project_env, run_together, sh,
+                      train_cmd)
 
-REPO = Path(__file__).resolve().parents[1]
-QUICK = {"epochs": 1, "train_limit": 384, "test_limit": 200}
+QUICK = {"epochs": 1, "train_limit": 384, "test_limit": 200,
+         "overrides": {"launch.num_processes": 2, "launch.multi_gpu": True, "launch.main_process_port": 0}}
 VARIANTS = ("skeleton", "lr_scheduler")   # two different architectures and schedules
-QUEUE_TIMEOUT_S = 360
-DVC = [sys.executable, "-m", "dvc"]
-ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
-# The checkout's own outputs (possibly being written by a running `dvc repro`) stay behind.
-NOT_COPIED = ("tests/", "data/", "models/", "checkpoints/", "metrics/", "dvc_plots/", "dvc.lock")
-
-
-def mirror_location() -> str:
-    return os.environ.get("MNIST_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "mnist")
-
-
-def sh(cmd, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                    f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    return proc
-
-
-def git(*args, cwd, env):
-    return sh(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd, env)
+QUEUE_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """(root, env): a committed git copy of the project with quick params and MNIST in its DVC cache."""
-    root = tmp_path_factory.mktemp("queue_project")
-    listed = set()
-    for extra in ([], ["--others", "--exclude-standard"]):
-        out = subprocess.run(["git", "-C", str(REPO), "ls-files", *extra], capture_output=True,
-                             text=True, check=True).stdout
-        listed.update(out.splitlines())
-    for rel in sorted(listed):
-        src = REPO / rel
-        if rel.startswith(NOT_COPIED) or not src.is_file():
-            continue
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, root / rel)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["train"].update(QUICK)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    # No user Accelerate config and no inherited ACCELERATE_* launch settings; the
-    # copy's own sources (not the editable install's) on the path of every stage.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env.update(MNIST_MIRROR=mirror_location(), HF_HOME=str(root.parent / f"{root.name}_hf"),
-               DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")])))
-
-    sh(["git", "init", "-q"], root, env)
-    git("add", "-A", cwd=root, env=env)
-    git("commit", "-qm", "project copy, quick params", cwd=root, env=env)
-    # Runs `python stages/download.py --root data`; committing dvc.lock lets each
-    # queued experiment check MNIST out of the cache instead of downloading it again.
+def project(tmp_path_factory, cpu_env):
+    """(root, env, params): a committed git copy of the project with quick params and MNIST in its DVC cache."""
+    root = tmp_path_factory.mktemp("queue_project") / "project"
+    env = project_env(root, cpu_env)
+    init_project(root, env, params=QUICK, exclude=("tests/",))
+    # Committing download's dvc.lock lets each queued experiment check MNIST out of
+    # the cache instead of downloading it again.
     sh([*DVC, "repro", "download"], root, env)
-    git("add", "-A", cwd=root, env=env)
-    git("commit", "-qm", "dvc.lock: download", cwd=root, env=env)
-    return root, env
+    git_commit(root, env, "dvc.lock: download")
+    return root, env, yaml.safe_load((root / "params.yaml").read_text())
+
+
+def run_summary(root, env, rev: str, variant: str, seed: int) -> dict | None:
+    """The run summary train@<variant> committed in experiment commit `rev` (None if it has none)."""
+    proc = sh(["git", "show", f"{rev}:metrics/runs/{variant}/seed_{seed}.json"], root, env, check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
 # --- the experiment queue -----------------------------------------------------------
@@ -148,8 +112,10 @@ def stop_queue(root, env) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_queue_runs_two_variants_concurrently(project):
-    root, env = project
+def test_queue_runs_two_multi_process_variants_concurrently(project):
+    root, env, params = project
+    launch, train = params["launch"], params["train"]
+    assert launch["num_processes"] > 1 and launch["multi_gpu"] and launch["main_process_port"] == 0
     names = {v: f"exp-{v}" for v in VARIANTS}
     for variant, name in names.items():
         sh([*DVC, "exp", "run", "--queue", "-n", name, f"train@{variant}"], root, env)
@@ -159,32 +125,27 @@ def test_queue_runs_two_variants_concurrently(project):
         start = time.monotonic()
         # Not through a pipe: the detached celery workers inherit the caller's stdout and
         # stderr, so a captured `dvc queue start` would return only when they exit.
-        start_log = root.parent / f"{root.name}_queue_start.log"
+        start_log = root.parent / "queue_start.log"
         with open(start_log, "w") as log:
             rc = subprocess.run([*DVC, "queue", "start", "-j", "2"], cwd=root, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, timeout=120).returncode
         assert rc == 0, start_log.read_text()
-        print(f"\n  {time.monotonic() - start:5.0f} s  {start_log.read_text().strip()}")
-        both_running = False
         while True:
             status = queue_status(root, env)
-            print(f"  {time.monotonic() - start:5.0f} s  {status}")
-            both_running |= all(status.get(n) == "Running" for n in names.values())
             if all(status.get(n) not in ("Queued", "Running") for n in names.values()):
                 break
             if time.monotonic() - start > QUEUE_TIMEOUT_S:
                 print(queue_logs(root, env, names.values()))
                 pytest.fail(f"queue not done after {QUEUE_TIMEOUT_S} s: {status}")
             time.sleep(3)
-        elapsed = time.monotonic() - start
-        print(f"\nqueue -j 2: both experiments done in {elapsed:.0f} s; "
-              f"seen Running together while polling: {both_running}")
+        print(f"\nqueue -j 2: both experiments done in {time.monotonic() - start:.0f} s")
         if status != {n: "Success" for n in names.values()}:
             print(queue_logs(root, env, names.values()))
             pytest.fail(f"queue status: {status}")
 
-        # Concurrency: the two run_exp tasks went to two workers and their time
-        # windows (from each worker's celery log) overlap.
+        # Concurrency, from timestamps the workers logged (polling `dvc queue status` on a
+        # busy machine can miss an overlap): the two run_exp tasks went to two workers and
+        # each started before the other ended.
         windows = run_exp_windows(root)
         assert len(windows) == 2 and all(w[1] and w[2] for w in windows.values()), windows
         assert len({w[0] for w in windows.values()}) == 2, f"one worker ran both tasks: {windows}"
@@ -193,21 +154,21 @@ def test_queue_runs_two_variants_concurrently(project):
         assert latest_start < earliest_end, f"the two experiments ran one after the other: {windows}"
         print(f"overlap of the two experiments: {(earliest_end - latest_start).total_seconds():.1f} s")
 
-        shown = json.loads(sh([*DVC, "exp", "show", "--json"], root, env).stdout)
-        exps = {e["name"]: e["revs"][0] for base in shown for e in (base.get("experiments") or [])}
+        exps = experiments(root, env)
         for variant, name in names.items():
             assert name in exps, f"{name} missing from dvc exp show: {sorted(exps)}"
             rev = exps[name]
             assert not rev.get("error"), rev["error"]
-            entry = rev["data"]["metrics"][f"metrics/{variant}.json"]
-            assert "data" in entry, entry
-            m = entry["data"]
+            m = run_summary(root, env, rev["rev"], variant, train["seed"])
+            assert m is not None, f"{name} committed no metrics/runs/{variant}/seed_{train['seed']}.json"
             assert m["variant"] == variant
-            assert (m["epochs"], m["train_images"], m["test_images"], m["num_processes"]) == (1, 384, 200, 1), m
-            assert m["optimizer_steps"] == 3  # ceil(384 / 128)
-            # The other variant's metrics file was not produced by this experiment.
+            assert (m["epochs"], m["train_images"], m["test_images"]) == (
+                train["epochs"], train["train_limit"], train["test_limit"]), m
+            assert m["num_processes"] == launch["num_processes"], m
+            assert m["optimizer_steps"] == -(-train["train_limit"] // train["batch_size"])
+            # The other variant's run summary was not produced by this experiment.
             other = next(v for v in VARIANTS if v != variant)
-            assert "data" not in rev["data"]["metrics"].get(f"metrics/{other}.json", {})
+            assert run_summary(root, env, rev["rev"], other, train["seed"]) is None
     finally:
         stop_queue(root, env)
 
@@ -215,33 +176,16 @@ def test_queue_runs_two_variants_concurrently(project):
 # --- two multi-process launches at once ------------------------------------------------
 
 def test_two_concurrent_two_process_launches_pick_free_ports(project, tmp_path):
-    """`--main_process_port 0` (as in dvc.yaml): each 2-process gloo job picks its own free port."""
-    root, env = project
-    params = tmp_path / "params.yaml"
-    shutil.copy(root / "params.yaml", params)
-    procs = {}
-    for variant in VARIANTS:
-        log = open(tmp_path / f"{variant}.log", "w")
-        procs[variant] = (subprocess.Popen(
-            [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-             "stages/train.py", variant, "--params", str(params), "--data", str(root / "data"),
-             "--metrics", str(tmp_path / f"{variant}.json")],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-    try:
-        for variant, (proc, log) in procs.items():
-            proc.wait(timeout=300)
-            log.close()
-    finally:
-        for proc, log in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    for variant, (proc, _) in procs.items():
-        assert proc.returncode == 0, (tmp_path / f"{variant}.log").read_text()[-4000:]
-        m = json.loads((tmp_path / f"{variant}.json").read_text())
+    """dvc.yaml's launch (params.yaml: 2 processes, port 0) twice at once: each gloo job picks its own port."""
+    root, env, params = project
+    cmds = [train_cmd(v, root / "params.yaml", root / "data", tmp_path / v, outputs=("metrics",)) for v in VARIANTS]
+    runs = run_together(cmds, env, tmp_path / "logs")
+    train = params["train"]
+    for variant, run in zip(VARIANTS, runs):
+        assert run.returncode == 0, run.stderr[-4000:]
+        m = json.loads((tmp_path / variant / TRAIN_OUTPUTS["metrics"]).read_text())
         assert m["variant"] == variant
-        assert (m["num_processes"], m["epochs"], m["train_images"], m["test_images"]) == (2, 1, 384, 200), m
-    # Atomic writes leave no temp file behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["params.yaml", *(f"{v}.log" for v in VARIANTS), *(f"{v}.json" for v in VARIANTS)])
+        assert (m["num_processes"], m["epochs"], m["train_images"], m["test_images"]) == (
+            params["launch"]["num_processes"], train["epochs"], train["train_limit"], train["test_limit"]), m
+        # Atomic writes leave no temp file behind.
+        assert [p.name for p in (tmp_path / variant).iterdir()] == [TRAIN_OUTPUTS["metrics"]]

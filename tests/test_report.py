@@ -1,139 +1,107 @@
-"""The consistency and report stages, run on metrics from real (tiny) training runs."""
+"""The report stage, rendered from the committed 15-epoch runs and the compare stage's table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import stat
+import re
+import shutil
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
-from mnist_repro.config import load_params
-from mnist_repro.consistency import InputFileError
-from mnist_repro.io import atomic_path, write_json
-from mnist_repro.report import (README_BEGIN, README_END, ReportInputs, band_half_width, compare,
-                                describe_machine, load_inputs, render_readme_block, replace_readme_block, results_table,
-                                trend, verdict)
-from mnist_repro.train import make_accelerator, run_training
+from mnist_repro.figures import zoom_limits
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_VARIANTS = ("skeleton", "lr_scheduler")  # cheap models; lr_scheduler is the consistency variant
-EXTRA_SEED = 2
-FIGURES = {"skeleton_curves.png", "lr_scheduler_curves.png", "test_accuracy_overlay.png",
-           "misclassified_lr_scheduler.png"}
-README = f"# project\n\nintro stays\n\n{README_BEGIN}\nstale table\n{README_END}\n\n## tail stays\n"
-
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_stage(name: str, argv: list[str]) -> None:
-    from mnist_repro import cli
-    cli.run(load_stage(name).main, [str(a) for a in argv])
-
-
-def write_run(project: Path, result, metrics: str, history: str, model: str | None = None) -> None:
-    """What stages/train.py writes, at the paths dvc.yaml gives it."""
-    write_json(project / history, result.history)
-    write_json(project / metrics, result.metrics)
-    if model:
-        with atomic_path(project / model) as tmp:
-            torch.save(result.model.state_dict(), tmp)
+VARIANTS = ["basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation", "lr_scheduler"]
+FIGURES = {f"{v}_vs_published.png" for v in VARIANTS} | {"test_accuracy_overlay.png", "misclassified_lr_scheduler.png"}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_root, quick_params) -> Path:
-    """A tiny copy of the pipeline's outputs: two variants and one extra seed, 2 epochs each."""
-    project = tmp_path_factory.mktemp("project")
-    all_variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
-    quick_params(project, epochs=2, train_limit=256, test_limit=200, overrides={
-        "variants": {name: all_variants[name] for name in TINY_VARIANTS},
-        "consistency.extra_seeds": [EXTRA_SEED],
-    })
-    params = load_params(project / "params.yaml")
-    accelerator = make_accelerator()
-    for name, variant in params.variants.items():
-        result = run_training(variant, params.train, mnist_root, accelerator=accelerator)
-        write_run(project, result, f"metrics/{name}.json", f"metrics/history/{name}.json", f"models/{name}.pt")
-    result = run_training(params.variant("lr_scheduler"), params.train, mnist_root, seed=EXTRA_SEED,
-                          accelerator=accelerator)
-    write_run(project, result, f"metrics/consistency/seed_{EXTRA_SEED}.json",
-              f"metrics/consistency/history/seed_{EXTRA_SEED}.json")
-    (project / "README.md").write_text(README)
-    (project / "README.md").chmod(0o644)
-    return project
-
-
-def report_argv(project: Path, mnist_root: Path, readme: str = "README.md") -> list:
-    return ["--params", project / "params.yaml", "--metrics", project / "metrics",
-            "--history", project / "metrics/history", "--consistency", project / "metrics/consistency.json",
-            "--model", project / "models/lr_scheduler.pt", "--data", mnist_root,
-            "--out", project / "metrics/report.md", "--figures", project / "metrics/figures",
-            "--readme", project / readme]
+def built(tmp_path_factory, make_results_project, run_stage, compare_argv, report_argv) -> Path:
+    root = make_results_project(tmp_path_factory.mktemp("report"))
+    run_stage("compare", compare_argv(root))
+    run_stage("report", report_argv(root))
+    return root
 
 
 @pytest.fixture(scope="module")
-def built(project, mnist_root) -> Path:
-    run_stage("consistency", ["--params", project / "params.yaml", "--main", project / "metrics/lr_scheduler.json",
-                              "--runs", project / "metrics/consistency", "--out", project / "metrics/consistency.json"])
-    run_stage("report", report_argv(project, mnist_root))
-    return project
+def report(built) -> str:
+    return (built / "metrics/report.md").read_text()
 
 
-def table_of(markdown: str) -> str:
-    """The first markdown table in a text."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| Variant |"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return "\n".join(lines[start:end])
+def table_after(markdown: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table after a heading, header row first."""
+    lines = markdown.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return [rows[0]] + rows[2:]
 
 
-# --- the stages end to end -------------------------------------------------------------
-
-def test_consistency_summary_of_real_runs(built):
-    summary = json.loads((built / "metrics/consistency.json").read_text())
-    main = json.loads((built / "metrics/lr_scheduler.json").read_text())
-    extra = json.loads((built / f"metrics/consistency/seed_{EXTRA_SEED}.json").read_text())
-    assert summary["variant"] == "lr_scheduler" and summary["n"] == 2
-    assert summary["seeds"] == [
-        {"seed": 1, "best_test_acc": main["best_test_acc"], "final_test_acc": main["final_test_acc"]},
-        {"seed": EXTRA_SEED, "best_test_acc": extra["best_test_acc"], "final_test_acc": extra["final_test_acc"]},
-    ]
-    assert summary["test_images"] == 200
-
-
-def test_report_has_every_variant_and_every_section(built):
-    report = (built / "metrics/report.md").read_text()
-    table = table_of(report)
-    assert len(table.splitlines()) == 2 + len(TINY_VARIANTS)
-    for name in TINY_VARIANTS:
-        assert f"| {name} |" in table
-        assert f"![{name} loss and accuracy per epoch](figures/{name}_curves.png)" in report
-    for heading in ("## Side by side", "### How the verdict is decided", "## Consistency over seeds",
-                    "## Observations outside the band", "## Misclassified test images: lr_scheduler",
-                    "## Model cards", "### `skeleton`", "### `lr_scheduler`"):
-        assert heading in report
-    assert "Device: cpu; processes: 1" in report
-    # Two tiny epochs are far from the published numbers: both variants are outside the band.
-    assert report.count("lowest test loss") == len(TINY_VARIANTS)
-    assert "receptive field of the last layer: 28×28 pixels" in report
+def test_side_by_side_has_one_row_per_variant_with_n_band_and_verdict(built, report):
+    header, *rows = table_after(report, "## Side by side")
+    assert [r[0] for r in rows] == VARIANTS
+    col = {name: header.index(name) for name in header}
+    for name, cells in zip(VARIANTS, rows):
+        row = json.loads(next((built / "metrics/table").glob(f"*_{name}.json")).read_text())
+        assert cells[col["Best test: published run"]] == f"{row['best_test']['published']:.2f}"
+        assert cells[col["Band (±)"]] == f"±{row['verdict']['band']:.2f}"
+        assert cells[col["Verdict: published is"]] == row["verdict"]["published"]
+        assert cells[col["ours: mean ± SD over n seeds"]].endswith(f"(n = {row['seeds']['n']})")
+    lr = rows[-1]
+    assert lr[col["published code here"]] == "99.48" and lr[col["ours (seed 1)"]] == "99.47"
+    assert lr[col["ours: mean ± SD over n seeds"]] == "99.47 ± 0.043 (n = 5)"
+    assert rows[1][col["published code here"]] == "not run"
 
 
-def test_misclassified_count_matches_the_final_epoch_accuracy(built):
-    report = (built / "metrics/report.md").read_text()
-    final = json.loads((built / "metrics/lr_scheduler.json").read_text())["final_test_acc"]
-    assert f"an accuracy of {final:.2f}%" in report  # the saved weights are the final epoch's
+def test_the_rule_is_stated(report):
+    assert "band = mean ± 2 · sqrt(sd² + se²)" in report
+    assert "sd = 0 with one seed, where the band is ±2·se" in report
+    assert "N = 10,000 test images" in report
 
 
-def test_figures_are_non_empty_pngs(built):
+def test_machine_and_wall_time_come_from_the_run_files(report):
+    machine = "AMD EPYC (2 cores) (cpu), 1 process on 1 machine, mixed precision no, torch 2.14.1+cu130"
+    assert f"- Every run on: {machine}" in report
+    header, *rows = table_after(report, "## Wall time")
+    assert [r[0] for r in rows] == VARIANTS
+    # lr_scheduler: seed 1 ran 454.7 s; the five seeds 454.7 + 383.5 + ... as recorded in their files
+    assert rows[-1][:3] == ["lr_scheduler", "5", "7.6 min"]
+
+
+def test_out_of_band_facts_come_from_the_histories_and_the_published_log(report):
+    outside = report.split("## Outside the band", 1)[1].split("## Per-epoch gap", 1)[0]
+    assert "**skeleton**: the published best test is above our band" in outside
+    assert outside.count("**") == 2 * 1  # skeleton is the only variant outside its band
+    assert "in our runs: seed 1: 2" in outside
+    assert "the published log also sits at chance for its first 2 epochs: 12.85%, 15.35%" in outside
+    assert "the published code was not rerun here for `skeleton`" in outside
+
+
+def test_where_the_published_table_disagrees_with_its_own_log(report):
+    assert "`dropout`: table best test 98.64 (the log's final epoch); its log's best is 98.76 at epoch 12" in report
+    assert "`lr_scheduler`: table best train 99.43; its log's best" in report and "is 98.43" in report
+
+
+def test_per_epoch_gap_after_epoch_3(report):
+    header, *rows = table_after(report, "## Per-epoch gap")
+    assert rows[1] == ["skeleton", "1", "5", "95.60", "96.79", "-1.19"]
+    assert [r[0] for r in rows] == VARIANTS and rows[-1][1] == "5"
+
+
+def test_the_report_refers_to_nothing_outside_the_project(built, report):
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    files = [link for link in links if not link.startswith("https://")]  # the published notebooks' pages
+    assert len(files) == len(FIGURES) + 3, "the figures, the reference file, the table and the run files"
+    for link in files:
+        target = (built / "metrics" / link).resolve()
+        assert target.exists() and target.is_relative_to(built), link
+    assert str(built) not in report and "shared" not in report and "/tmp" not in report
+
+
+def test_figures_are_written(built):
     figures = built / "metrics/figures"
     assert {p.name for p in figures.iterdir()} == FIGURES
     for png in figures.iterdir():
@@ -141,165 +109,203 @@ def test_figures_are_non_empty_pngs(built):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, png.name
 
 
-def test_readme_block_is_the_report_table(built):
-    readme = (built / "README.md").read_text()
-    report = (built / "metrics/report.md").read_text()
-    assert "stale table" not in readme
-    assert readme.startswith("# project\n\nintro stays\n\n" + README_BEGIN + "\n")
-    assert readme.endswith(README_END + "\n\n## tail stays\n")
-    assert table_of(readme) == table_of(report)
-    params = load_params(built / "params.yaml")
-    inputs = load_inputs(params, built / "metrics", built / "metrics/history", built / "metrics/consistency.json")
-    run_line = next(line for line in readme.splitlines() if line.startswith("Run: "))
-    date = run_line.split("Report generated ")[1].split(" ")[0]
-    block = render_readme_block(inputs, "metrics/report.md", describe_machine(), date)
-    assert f"{README_BEGIN}\n{block}\n{README_END}" in readme
-    assert f"{len(TINY_VARIANTS)} variants × " in run_line and "training wall time" in run_line
-    assert replace_readme_block(readme, block) == readme  # a rerun changes nothing
-    assert stat.S_IMODE((built / "README.md").stat().st_mode) == 0o644
+def test_misclassified_digits_are_the_errors_file(built, report):
+    errors = json.loads((built / "metrics/errors/lr_scheduler.json").read_text())
+    wrong = len(errors["misclassified"])
+    assert f"misclassifies {wrong} of 10,000 test images, an accuracy of {100 - wrong / 100:.2f}%" in report
+    assert "The first 25 in test-set order" in report
 
 
-def test_readme_without_markers_stops_the_report_before_writing(project, mnist_root, tmp_path, capsys):
-    (project / "NO_MARKERS.md").write_text("# nothing to replace\n")
-    argv = report_argv(project, mnist_root, readme="NO_MARKERS.md")
-    argv[argv.index("--out") + 1] = tmp_path / "report.md"
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage("report", argv)
-    assert exit_info.value.code == 1
+def test_an_out_of_band_variant_with_the_published_code_rerun_is_attributed(tmp_path, make_results_project,
+                                                                          run_stage, compare_argv, report_argv):
+    # Had the published run reached 99.80, the published code rerun here (99.48) would side with our
+    # five seeds (mean 99.472, band ±0.124 at 99.80): the published run's own noise.
+    root = make_results_project(tmp_path)
+    ref = json.loads((root / "reference/published.json").read_text())
+    ref["table"]["lr_scheduler"]["best_test"] = 99.80
+    (root / "reference/published.json").write_text(json.dumps(ref))
+    run_stage("compare", compare_argv(root))
+    run_stage("report", report_argv(root))
+    report = (root / "metrics/report.md").read_text()
+    assert "**lr_scheduler**: the published best test is above our band" in report
+    assert ("the published code rerun here reaches 99.48: within ±0.12 of our mean 99.47, outside ±0.12 of the "
+            "published 99.80: **the published run's own noise**") in report
+
+
+def test_a_missing_errors_file_stops_the_report_before_writing(tmp_path, make_results_project, run_stage,
+                                                                compare_argv, report_argv, capsys):
+    root = make_results_project(tmp_path)
+    run_stage("compare", compare_argv(root))
+    (root / "metrics/errors/lr_scheduler.json").unlink()
+    with pytest.raises(SystemExit):
+        run_stage("report", report_argv(root))
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and README_BEGIN in err and "NO_MARKERS.md" in err
-    assert not (tmp_path / "report.md").exists()
+    assert len(err.splitlines()) == 1 and "lr_scheduler.json: missing" in err and "dvc repro train@lr_scheduler" in err
+    assert not (root / "metrics/report.md").exists() and not (root / "metrics/figures").exists()
 
 
-def test_replace_readme_block_rejects_bad_markers():
-    for text in ("no markers\n", f"{README_END}\n{README_BEGIN}\n", f"{README_BEGIN}\n{README_BEGIN}\n{README_END}\n"):
-        with pytest.raises(InputFileError, match="results:begin"):
-            replace_readme_block(text, "table")
-
-
-# --- verdicts on constructed numbers ---------------------------------------------------
-
-def test_band_half_width_is_twice_the_larger_noise():
-    binomial = 100 * math.sqrt(0.9953 * 0.0047 / 10_000)  # 0.0684 points
-    assert band_half_width(99.53, 10_000, None) == pytest.approx(2 * binomial)
-    assert band_half_width(99.53, 10_000, 0.03) == pytest.approx(2 * binomial)  # seeds quieter than sampling
-    assert band_half_width(99.53, 10_000, 0.1) == pytest.approx(0.2)            # seeds noisier
-
-
-@pytest.mark.parametrize("difference, expected", [
-    (0.0, "within band"), (0.14, "within band"), (-0.14, "within band"),
-    (0.15, "above"), (-0.15, "below"), (2.0, "above"), (-2.0, "below"),
-])
-def test_verdict(difference, expected):
-    assert verdict(difference, 0.14) == expected
-
-
-def hand_made_inputs(best_test: dict, seed_std: float) -> ReportInputs:
-    params = load_params(REPO / "params.yaml")
-    metrics = {}
-    for name, v in params.variants.items():
-        metrics[name] = {"variant": name, "params": v.published.params, "best_train_acc": 99.0,
-                         "best_test_acc": best_test[name], "best_test_epoch": 15, "final_test_acc": best_test[name],
-                         "epochs": 15, "test_images": 10_000, "wall_seconds": 90.0}
-    consistency = {"variant": "lr_scheduler", "best_test_acc": {"std": seed_std}}
-    return ReportInputs(params, metrics, {}, consistency)
-
-
-def test_compare_on_constructed_numbers():
-    params = load_params(REPO / "params.yaml")
-    published = {name: v.published.best_test for name, v in params.variants.items()}
-    # seed SD 0.1 gives a band of ±0.2 wherever the binomial SE is below 0.1 (p >= 99.0%)
-    best = dict(published, basic_setup=published["basic_setup"] + 0.19,   # 99.47: within
-                batch_norm=published["batch_norm"] + 0.25,                 # 99.29: above
-                lr_scheduler=published["lr_scheduler"] - 0.25)             # 99.28: below
-    rows = {c.variant.name: c for c in compare(hand_made_inputs(best, seed_std=0.1))}
-    assert rows["basic_setup"].verdict == "within band" and rows["basic_setup"].difference == 0.19
-    assert rows["batch_norm"].verdict == "above" and rows["batch_norm"].difference == 0.25
-    assert rows["lr_scheduler"].verdict == "below" and rows["lr_scheduler"].difference == -0.25
-    assert rows["lr_scheduler"].half_width == pytest.approx(0.2)
-    # skeleton at 98.43%: binomial SE 0.124 > seed SD, so its band is wider than ±0.2
-    assert rows["skeleton"].half_width == pytest.approx(2 * 100 * math.sqrt(0.9843 * 0.0157 / 10_000))
-    table = results_table(list(rows.values()))
-    assert "| 6,720 / 6,720 |" in table and "| -0.25 | below (±0.20) |" in table
-    assert "| +0.25 | above (±0.20) |" in table and "mismatch" not in table
-    assert all(row.endswith("| 1.5 min |") for row in table.splitlines()[2:])  # each run's wall_seconds
-
-
-def test_parameter_mismatch_is_flagged():
-    params = load_params(REPO / "params.yaml")
-    inputs = hand_made_inputs({n: v.published.best_test for n, v in params.variants.items()}, 0.05)
-    inputs.metrics["dropout"]["params"] = 5_000
-    assert "| 5,000 / 5,088 **mismatch** |" in results_table(compare(inputs))
-
-
-def epochs_with(test_accs: list[float]) -> list[dict]:
-    return [{"epoch": i + 1, "test_acc": a, "test_loss": 2.3 if a < 20 else 0.05} for i, a in enumerate(test_accs)]
-
-
-def test_stalled_start_and_late_swing():
-    from mnist_repro.report import largest_swing, stalled_epochs
-    assert stalled_epochs(epochs_with([9.8, 11.4, 87.0, 95.0])) == 2
-    assert stalled_epochs(epochs_with([92.0, 9.8])) == 0  # only a leading stall counts
-    assert largest_swing(epochs_with([10.0, 98.0, 98.6, 98.5, 98.7, 98.4, 98.9])) == pytest.approx(0.5)
-
-
-def test_trend_of_the_last_epochs():
-    assert trend([99.1, 99.2, 99.3]) == "rising each epoch"
-    assert trend([99.3, 99.2, 99.1]) == "falling each epoch"
-    assert trend([99.1, 99.3, 99.3]) == "not monotonic"
-
-
-# --- consistency on hand-made seed files ------------------------------------------------
-
-def seed_metrics(seed: int, best: float, final: float, **extra) -> dict:
-    return {"variant": "lr_scheduler", "seed": seed, "best_test_acc": best, "final_test_acc": final,
-            "epochs": 15, "train_images": 60_000, "test_images": 10_000, **extra}
-
-
-@pytest.fixture
-def seed_files(tmp_path, quick_params):
-    quick_params(tmp_path, overrides={"train.seed": 1, "consistency.extra_seeds": [2, 3]})
-    write_json(tmp_path / "metrics/lr_scheduler.json", seed_metrics(1, 99.50, 99.45))
-    write_json(tmp_path / "metrics/consistency/seed_2.json", seed_metrics(2, 99.40, 99.38))
-    write_json(tmp_path / "metrics/consistency/seed_3.json", seed_metrics(3, 99.30, 99.20))
-    write_json(tmp_path / "metrics/consistency/seed_9.json", seed_metrics(9, 10.0, 10.0))  # not configured
-    return tmp_path
-
-
-def consistency_argv(root: Path) -> list[str]:
-    return [str(a) for a in ("--params", root / "params.yaml", "--main", root / "metrics/lr_scheduler.json",
-                             "--runs", root / "metrics/consistency", "--out", root / "metrics/consistency.json")]
-
-
-def test_consistency_numbers_by_hand(seed_files):
-    run_stage("consistency", consistency_argv(seed_files))
-    summary = json.loads((seed_files / "metrics/consistency.json").read_text())
-    # best 99.50, 99.40, 99.30: mean 99.40, deviations ±0.10 and 0 -> sample SD sqrt(0.02 / 2) = 0.1
-    assert summary["best_test_acc"] == {"mean": 99.40, "std": 0.1, "min": 99.30, "max": 99.50, "n": 3}
-    # final 99.45, 99.38, 99.20: mean 99.3433; squared deviations 0.011378 + 0.001344 + 0.020544
-    # = 0.033267, / 2 = 0.016633, sqrt = 0.12897
-    assert summary["final_test_acc"] == {"mean": 99.34, "std": 0.129, "min": 99.20, "max": 99.45, "n": 3}
-    assert summary["reached_target_best"] == 2    # 99.50 and 99.40 (the target itself counts)
-    assert summary["reached_target_final"] == 1   # 99.45
-    assert [s["seed"] for s in summary["seeds"]] == [1, 2, 3]  # seed_9.json is not configured
-    assert summary["variant"] == "lr_scheduler" and summary["target_acc"] == 99.40
-
-
-def test_consistency_missing_seed_is_one_clear_line(seed_files, capsys):
-    (seed_files / "metrics/consistency/seed_3.json").unlink()
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage("consistency", consistency_argv(seed_files))
-    assert exit_info.value.code == 1
+def test_a_missing_table_names_the_compare_stage(tmp_path, make_results_project, run_stage, report_argv, capsys):
+    root = make_results_project(tmp_path)
+    with pytest.raises(SystemExit):
+        run_stage("report", report_argv(root))
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "seed_3.json: missing" in err and "consistency_run@3" in err
-    assert not (seed_files / "metrics/consistency.json").exists()
+    assert len(err.splitlines()) == 1 and "1_basic_setup.json: missing" in err and "dvc repro compare" in err
 
 
-def test_consistency_rejects_a_stale_or_mismatched_run(seed_files):
-    write_json(seed_files / "metrics/consistency/seed_2.json", seed_metrics(7, 99.4, 99.4))
-    with pytest.raises(InputFileError, match="seed 7, expected variant 'lr_scheduler' seed 2"):
-        load_stage("consistency").main(consistency_argv(seed_files))
-    write_json(seed_files / "metrics/consistency/seed_2.json", seed_metrics(2, 99.4, 99.4, test_images=200))
-    with pytest.raises(InputFileError, match="differ in"):
-        load_stage("consistency").main(consistency_argv(seed_files))
+def test_zoom_keeps_the_settled_epochs_on_the_axis():
+    # skeleton: epochs 1-2 at chance, 4+ from 94.52; the zoom starts at 94.5, not at 9.7
+    assert zoom_limits([9.74, 86.99, 94.52, 97.96], 99.4, settled=[94.52, 97.96]) == (94.5, pytest.approx(98.16))
+    # lr_scheduler: settled above 97, so 97 to just above the target
+    assert zoom_limits([95.11, 99.05, 99.47], 99.4, settled=[99.05, 99.47]) == (97.0, pytest.approx(99.67))
+
+
+def test_a_variant_without_published_numbers_is_shown_without_a_verdict(tmp_path, make_results_project, run_stage,
+                                                                      compare_argv, report_argv):
+    root = make_results_project(tmp_path)
+    ref = json.loads((root / "reference/published.json").read_text())
+    del ref["table"]["skeleton"], ref["logs"]["skeleton"]  # as an eighth variant would be
+    (root / "reference/published.json").write_text(json.dumps(ref))
+    run_stage("compare", compare_argv(root))
+    run_stage("report", report_argv(root))
+    report = (root / "metrics/report.md").read_text()
+    header, *rows = table_after(report, "## Side by side")
+    skeleton = dict(zip(header, rows[1]))
+    assert skeleton["Params: ours / published"] == "4,572 / –" and skeleton["Verdict: published is"] == "–"
+    assert "No verdict for `skeleton`" in report and "Every published best test accuracy is within our band" in report
+    assert table_after(report, "## Per-epoch gap")[2] == ["skeleton", "1", "–", "–", "–", "–"]
+
+
+def test_seed_summary_of_the_committed_lr_scheduler_seeds(report):
+    header, *rows = table_after(report, "## Seeds")
+    assert [r[0] for r in rows] == VARIANTS
+    # best 99.47, 99.43, 99.51, 99.43, 99.52 (mean 99.472, SD 0.0427); final 99.47, 99.41, 99.45, 99.43, 99.52
+    assert rows[-1][:5] == ["lr_scheduler", "5", "1, 2, 3, 4, 5", "99.47 ± 0.043 (99.43 to 99.52)",
+                            "99.46 ± 0.042 (99.41 to 99.52)"]
+    assert rows[-1][-1] == "5 of 5" and rows[1][-1] == "0 of 1"  # final test ≥ 99.40%: every seed; skeleton not
+
+
+# --- per-variant curves for `dvc plots` ---------------------------------------------------------
+
+def curve_of(root: Path, name: str) -> list[dict]:
+    return json.loads((root / f"metrics/curves/{name}.json").read_text())
+
+
+def test_curves_are_the_seed_mean_and_spread_beside_the_published_log(built, repo_root):
+    assert {p.name for p in (built / "metrics/curves").iterdir()} == {f"{v}.json" for v in VARIANTS}
+    log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
+    seeds = [json.loads((built / f"metrics/history/lr_scheduler/seed_{s}.json").read_text()) for s in range(1, 6)]
+    code = json.loads((built / "metrics/published_code/history/lr_scheduler.json").read_text())
+    lr = curve_of(built, "lr_scheduler")
+    assert [e["epoch"] for e in lr] == list(range(1, 16))
+    for i, entry in enumerate(lr):
+        accs = [h[i]["test_acc"] for h in seeds]
+        assert entry == {"epoch": i + 1, "ours_mean": round(sum(accs) / 5, 2), "ours_min": round(min(accs), 2),
+                         "ours_max": round(max(accs), 2), "published": log["lr_scheduler"][i]["test_acc"],
+                         "published_code": round(code[i]["test_acc"], 2)}
+    # One seed, no published-code rerun: mean = min = max = its history, and no published_code key.
+    skeleton = json.loads((built / "metrics/history/skeleton/seed_1.json").read_text())
+    assert curve_of(built, "skeleton")[4] == {"epoch": 5, "ours_mean": 95.6, "ours_min": 95.6, "ours_max": 95.6,
+                                              "published": 96.79}
+    assert [e["ours_mean"] for e in curve_of(built, "skeleton")] == [round(h["test_acc"], 2) for h in skeleton]
+    for name in VARIANTS:  # numbers only, at most two decimals: what `dvc plots` reads
+        for entry in curve_of(built, name):
+            assert all(type(v) in (int, float) and round(v, 2) == v for v in entry.values()), (name, entry)
+
+
+# --- variants not run yet -------------------------------------------------------------------------
+
+NOT_RUN = {"basic_setup": "not run yet: `dvc repro train@basic_setup`",
+           "lr_scheduler": "not run yet: `dvc repro train@lr_scheduler`"}
+
+
+@pytest.fixture(scope="module")
+def unrun(built, tmp_path_factory, run_stage, compare_argv, report_argv) -> Path:
+    """The first and the last variant without their main run, rendered over a copy of the complete
+    report (its outputs in place, as in the checkout). lr_scheduler keeps its extra seeds, histories,
+    errors file and published-code rerun: none of its own runs is used without the main one."""
+    root = tmp_path_factory.mktemp("unrun") / "project"
+    shutil.copytree(built, root)
+    (root / "metrics/curves/removed_variant.json").write_text("[]")  # as a removed variant leaves it
+    for name in NOT_RUN:
+        (root / f"metrics/runs/{name}/seed_1.json").unlink()
+        (root / f"metrics/history/{name}/seed_1.json").unlink()
+    run_stage("compare", compare_argv(root))
+    run_stage("report", report_argv(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def unrun_report(unrun) -> str:
+    return (unrun / "metrics/report.md").read_text()
+
+
+def test_the_intro_and_the_runs_count_the_variants_not_run(unrun_report):
+    assert ("**2 of 7 variants not run yet**: `basic_setup` (`dvc repro train@basic_setup`), `lr_scheduler` "
+            "(`dvc repro train@lr_scheduler`).") in unrun_report.split("## The runs", 1)[0]
+    assert "- 5 of 7 variants run (2 not run yet), 5 runs; 15 epochs on 60,000 training and 10,000 test" in unrun_report
+    assert "None" not in unrun_report and "nan" not in unrun_report
+
+
+def test_a_variant_not_run_is_in_every_table_with_its_stage(unrun_report):
+    header, *rows = table_after(unrun_report, "## Side by side")
+    assert [r[0] for r in rows] == VARIANTS
+    basic, lr = dict(zip(header, rows[0])), dict(zip(header, rows[-1]))
+    assert basic == {"Variant": "basic_setup", "Params: ours / published": "– / 6,379,786",
+                     "Best train: ours / published": "– / 99.93", "Best test: published run": "99.28",
+                     "published code here": "not run", "ours (seed 1)": NOT_RUN["basic_setup"],
+                     "ours: mean ± SD over n seeds": "– (n = 0)", "Band (±)": "–", "Verdict: published is": "not run",
+                     "Best-test epoch: ours / published": "– / 15", "Final test: ours / published": "– / 99.28"}
+    assert lr["published code here"] == "99.48" and lr["ours (seed 1)"] == NOT_RUN["lr_scheduler"]
+    for heading, cells in (("## Seeds", lambda how: ["0", how, "–", "–", "–", "–"]),
+                           ("## Per-epoch gap", lambda how: ["0", "–", how, "–", "–"]),
+                           ("## Wall time", lambda how: ["0", how, "–", "–"])):
+        _, *rows = table_after(unrun_report, heading)
+        assert [r[0] for r in rows] == VARIANTS, heading
+        assert rows[0][1:] == cells(NOT_RUN["basic_setup"]), heading
+        assert rows[-1][1:] == cells(NOT_RUN["lr_scheduler"]), heading
+
+
+def test_totals_count_only_the_runs_that_exist(unrun_report):
+    # skeleton 164.6 + batch_norm 266.1 + dropout 360.7 + fc_after_gap 360.7 + augmentation 409.7 = 1561.8 s
+    assert "In total 26.0 min over 5 runs of 5 variants (2 not run yet)." in unrun_report
+    assert "(here n = 1 seeds)" in unrun_report  # the rule's n: lr_scheduler's five seeds are not used
+
+
+def test_a_variant_not_run_gets_the_published_curve_alone_and_no_misclassified_grid(unrun, unrun_report):
+    # The complete earlier report's misclassified grid is removed with its variant's main run.
+    assert {p.name for p in (unrun / "metrics/figures").iterdir()} == FIGURES - {"misclassified_lr_scheduler.png"}
+    section = unrun_report.split("### basic_setup", 1)[1].split("###", 1)[0]
+    assert f"`basic_setup` is {NOT_RUN['basic_setup']}; the published run alone:" in section
+    assert "](figures/basic_setup_vs_published.png)" in section
+    misclassified = unrun_report.split("## Misclassified test images: lr_scheduler", 1)[1].split("##", 1)[0]
+    assert misclassified.strip() == (f"`lr_scheduler` is {NOT_RUN['lr_scheduler']}; its misclassified test images "
+                                     "are shown once it has run.")
+    assert "### `basic_setup` (variant: basic_setup)" in unrun_report  # its model card stays
+    assert "### `lr_scheduler` (variant: lr_scheduler)" in unrun_report
+    links = [link for link in re.findall(r"\]\(([^)]+)\)", unrun_report) if not link.startswith("https://")]
+    assert len(links) == len(FIGURES) - 1 + 3
+    assert all((unrun / "metrics" / link).exists() for link in links)
+
+
+def test_the_curves_of_a_variant_not_run_are_the_published_ones(unrun, repo_root):
+    assert {p.name for p in (unrun / "metrics/curves").iterdir()} == {f"{v}.json" for v in VARIANTS}
+    log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
+    assert curve_of(unrun, "basic_setup") == [{"epoch": e["epoch"], "published": e["test_acc"]}
+                                              for e in log["basic_setup"]]
+    # lr_scheduler's published-code rerun does exist: it stays beside the published log.
+    code = json.loads((unrun / "metrics/published_code/history/lr_scheduler.json").read_text())
+    assert curve_of(unrun, "lr_scheduler") == [
+        {"epoch": e["epoch"], "published": e["test_acc"], "published_code": round(c["test_acc"], 2)}
+        for e, c in zip(log["lr_scheduler"], code)]
+
+
+def test_a_table_older_than_the_runs_names_the_compare_stage(tmp_path, make_results_project, run_stage,
+                                                             compare_argv, report_argv, capsys):
+    root = make_results_project(tmp_path)
+    run_stage("compare", compare_argv(root))
+    (root / "metrics/runs/basic_setup/seed_1.json").unlink()  # the table still has its row as run
+    with pytest.raises(SystemExit):
+        run_stage("report", report_argv(root))
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1_basic_setup.json: counts 1 runs of basic_setup, the run files 0" in err
+    assert "dvc repro compare" in err and not (root / "metrics/report.md").exists()

@@ -1,71 +1,60 @@
-"""Training on a real slice of MNIST: metrics schema, OneCycleLR, divergence, resume."""
+"""Training on a real slice of MNIST: metrics schema, OneCycleLR, divergence, resume, the
+misclassified-images file, holdout evaluation, mixed precision against params.launch, and a
+step loop that never waits on the device."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import io
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
+import types
 
 import pytest
 import torch
+from conftest import ONE_THREAD, evaluate_saved, run_cmd, run_until_checkpoint, train_cmd, without_timing
+from torch.overrides import TorchFunctionMode
 
-from mnist_repro.config import load_params
+from mnist_repro import train
+from mnist_repro.config import ParamsError, load_params
+from mnist_repro.data import load_split
 from mnist_repro.models import build_model
-from mnist_repro.train import DivergedError, make_accelerator, run_training
+from mnist_repro.train import (Checkpoint, DivergedError, load_datasets, make_accelerator, misclassified,
+                               run_fingerprint, run_training)
 
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 500, 200, 64, 3  # 500/64: a short last batch, 8 steps
+QUICK = {"train.batch_size": BATCH, **ONE_THREAD}  # params overrides of every run here
 VARIANT = "lr_scheduler"
-TIMEOUT = 300
 
 METRIC_KEYS = {"params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",
-               "min_test_loss", "epochs", "num_processes", "device", "wall_seconds", "optimizer_steps",
-               "train_images", "test_images"}
+               "min_test_loss", "epochs", "num_processes", "num_machines", "device", "mixed_precision",
+               "evaluated_on", "wall_seconds", "optimizer_steps", "train_images", "test_images"}
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"}
-
-
-def stage_cmd(repo_root, variant, params, data, out: Path, checkpoint=None, extra=()):
-    cmd = [sys.executable, str(repo_root / "stages" / "train.py"), variant, "--params", str(params),
-           "--data", str(data), "--metrics", str(out / "metrics.json"),
-           "--history", str(out / "history.json"), "--model", str(out / "model.pt"), *extra]
-    if checkpoint:
-        cmd += ["--checkpoint", str(checkpoint)]
-    return cmd
-
-
-def run_stage(cmd, env, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=TIMEOUT)
-    # decoded by hand: text=True would turn tqdm's carriage returns into newlines
-    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
-    return proc
-
-
-def without_wall(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "wall_seconds"}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, quick_params, mnist_root, repo_root, cli_env):
     base = tmp_path_factory.mktemp("train")
     params = quick_params(base, epochs=EPOCHS, train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT,
-                          overrides={"train.batch_size": BATCH})
+                          overrides=QUICK)
     return dict(base=base, params=params, data=mnist_root, repo=repo_root, env=cli_env)
+
+
+def node0(checkpoint):
+    """A one-machine run's own copy of its resume state."""
+    return checkpoint / "node-0"
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(setup):
     """One full CLI run with a checkpoint dir: the reference for schema, schedule and resume."""
     out = setup["base"] / "full"
-    out.mkdir()
     ckpt = out / "ckpt"
-    proc = run_stage(stage_cmd(setup["repo"], VARIANT, setup["params"], setup["data"], out, ckpt),
-                     setup["env"], setup["repo"])
+    proc = run_cmd(train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False,
+                             outputs=("metrics", "history", "model", "errors")), setup["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(out=out, ckpt=ckpt, proc=proc, metrics=json.loads((out / "metrics.json").read_text()),
                 history=json.loads((out / "history.json").read_text()))
@@ -76,7 +65,8 @@ def test_metrics_schema(uninterrupted):
     assert METRIC_KEYS <= set(m)
     assert m["variant"] == VARIANT and m["params"] == 6720
     assert m["epochs"] == EPOCHS == len(history)
-    assert m["num_processes"] == 1 and m["device"] in ("cpu", "cuda")
+    assert m["num_processes"] == 1 and m["num_machines"] == 1 and m["device"] in ("cpu", "cuda")
+    assert m["mixed_precision"] == "no" and m["evaluated_on"] == "test"
     assert m["train_images"] == TRAIN_LIMIT and m["test_images"] == TEST_LIMIT
     assert m["wall_seconds"] > 0
     for key in ("best_train_acc", "best_test_acc", "final_test_acc", "final_train_acc"):
@@ -105,9 +95,23 @@ def test_history_has_every_epoch(uninterrupted):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
-def test_model_file_loads_into_the_architecture(uninterrupted):
-    model = build_model("lr_scheduler")
-    model.load_state_dict(torch.load(uninterrupted["out"] / "model.pt", weights_only=True))
+def test_saved_model_reproduces_the_recorded_test_metrics(uninterrupted, setup):
+    """model.pt loads into the architecture and is the model the last epoch was measured on."""
+    saved = evaluate_saved(uninterrupted["out"] / "model.pt", VARIANT, setup["params"], setup["data"])
+    last = uninterrupted["history"][-1]
+    assert saved["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+    assert saved["correct"] == round(last["test_acc"] * TEST_LIMIT / 100)
+
+
+def test_errors_file_lists_exactly_the_saved_models_mistakes(uninterrupted, setup):
+    errors = json.loads((uninterrupted["out"] / "errors.json").read_text())
+    assert (errors["variant"], errors["seed"], errors["evaluated_on"], errors["test_images"]) == (
+        VARIANT, 1, "test", TEST_LIMIT)
+    saved = evaluate_saved(uninterrupted["out"] / "model.pt", VARIANT, setup["params"], setup["data"])
+    expected = [{"index": i, "label": t, "predicted": p}
+                for i, (t, p) in enumerate(zip(saved["labels"], saved["predicted"])) if t != p]
+    assert errors["misclassified"] == expected
+    assert len(expected) == TEST_LIMIT - round(uninterrupted["metrics"]["final_test_acc"] * TEST_LIMIT / 100)
 
 
 def test_one_cycle_schedule(uninterrupted, setup):
@@ -144,11 +148,10 @@ def test_constant_schedule_in_process(setup):
 
 def test_divergence_stops_with_a_clear_error(setup, tmp_path, quick_params):
     params = quick_params(tmp_path / "diverge.yaml", epochs=2, train_limit=512, test_limit=100,
-                          overrides={"variants.skeleton.lr": 1e6})
+                          overrides={**QUICK, "variants.skeleton.lr": 1e6})
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_stage(stage_cmd(setup["repo"], "skeleton", params, setup["data"], out),
-                     setup["env"], setup["repo"])
+    proc = run_cmd(train_cmd("skeleton", params, setup["data"], out, launch=False), setup["env"])
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     # tqdm redraws with \r on the same line; what a terminal shows last is the error
@@ -172,27 +175,10 @@ def test_divergence_in_process_names_variant_epoch_step(setup):
 def killed(setup):
     """A CLI run SIGKILLed right after its first checkpoint manifest appears."""
     out = setup["base"] / "killed"
-    out.mkdir()
     ckpt = out / "ckpt"
-    log = (out / "stdout.txt").open("w")
-    proc = subprocess.Popen(stage_cmd(setup["repo"], VARIANT, setup["params"], setup["data"], out, ckpt),
-                            env=setup["env"], cwd=setup["repo"], stdout=log, stderr=subprocess.DEVNULL)
-    manifest = ckpt / "run.json"
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if manifest.exists() and json.loads(manifest.read_text()).get("state"):
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        proc.wait(timeout=60)
-        log.close()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    saved = json.loads(manifest.read_text())
-    # a copy of the unfinished checkpoint, for the changed-params test
+    cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False)
+    _, (saved,) = run_until_checkpoint([cmd], setup["env"], out / "logs", [node0(ckpt) / "run.json"])
+    # copies of the unfinished checkpoint, for the changed-params and unpickling tests
     shutil.copytree(ckpt, out / "ckpt-copy")
     shutil.copytree(ckpt, out / "ckpt-safe")
     return dict(out=out, ckpt=ckpt, saved_epochs=len(saved["history"]))
@@ -200,31 +186,34 @@ def killed(setup):
 
 def test_killed_run_leaves_resume_state_and_no_metrics(killed):
     assert 1 <= killed["saved_epochs"] < EPOCHS
-    assert (killed["ckpt"] / f"epoch-{killed['saved_epochs']}").is_dir()
+    assert [p.name for p in killed["ckpt"].iterdir()] == ["node-0"]  # one machine: one node's copy
+    assert (node0(killed["ckpt"]) / f"epoch-{killed['saved_epochs']}").is_dir()
     assert not (killed["out"] / "metrics.json").exists()
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(killed, uninterrupted, setup):
-    proc = run_stage(stage_cmd(setup["repo"], VARIANT, setup["params"], setup["data"], killed["out"],
-                               killed["ckpt"]), setup["env"], setup["repo"])
+    proc = run_cmd(train_cmd(VARIANT, setup["params"], setup["data"], killed["out"], checkpoint=killed["ckpt"],
+                             launch=False), setup["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming after epoch {killed['saved_epochs']}" in proc.stdout
     metrics = json.loads((killed["out"] / "metrics.json").read_text())
     history = json.loads((killed["out"] / "history.json").read_text())
-    assert without_wall(metrics) == without_wall(uninterrupted["metrics"])
-    assert history == uninterrupted["history"]
+    assert without_timing(metrics) == without_timing(uninterrupted["metrics"])
+    assert without_timing(history) == without_timing(uninterrupted["history"])
     # finished: only a finished manifest is left, in both runs
     for ckpt in (killed["ckpt"], uninterrupted["ckpt"]):
-        assert [p.name for p in ckpt.iterdir()] == ["run.json"]
-        manifest = json.loads((ckpt / "run.json").read_text())
+        assert [p.name for p in ckpt.iterdir()] == ["node-0"]
+        assert [p.name for p in node0(ckpt).iterdir()] == ["run.json"]
+        manifest = json.loads((node0(ckpt) / "run.json").read_text())
         assert manifest["finished"] is True and set(manifest) == {"fingerprint", "finished"}
 
 
 def test_finished_checkpoint_is_not_resumed(uninterrupted, setup):
-    """A finished manifest, even under the same fingerprint, offers nothing to resume."""
-    from mnist_repro.train import Checkpoint, run_fingerprint
+    """A finished manifest under this very fingerprint offers nothing to resume."""
     params = load_params(setup["params"])
-    fp = run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, 1)
+    fp = run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, make_accelerator())
+    assert json.loads((node0(uninterrupted["ckpt"]) / "run.json").read_text()) == {"fingerprint": fp,
+                                                                                    "finished": True}
     assert Checkpoint(uninterrupted["ckpt"], fp).resumable() is None
 
 
@@ -241,10 +230,10 @@ def test_checkpoint_from_other_params_is_not_resumed(killed, setup, capsys):
     assert [h["epoch"] for h in result.history] == list(range(1, EPOCHS + 1))
     assert result.history[-1]["lr"] == pytest.approx(0.02 / 25 / 1e4, rel=1e-6)
     # and the directory now holds this run's state, under its own fingerprint
-    manifest = json.loads((ckpt / "run.json").read_text())
+    manifest = json.loads((node0(ckpt) / "run.json").read_text())
     assert manifest["state"] == f"epoch-{EPOCHS}" and len(manifest["history"]) == EPOCHS
     result.checkpoint.finish(make_accelerator())
-    assert [p.name for p in ckpt.iterdir()] == ["run.json"]
+    assert [p.name for p in node0(ckpt).iterdir()] == ["run.json"]
 
 
 def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
@@ -262,3 +251,169 @@ def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
                  accelerator=make_accelerator())
     assert "resuming after epoch" in capsys.readouterr().out
     assert calls and all(w is True for w in calls), calls
+
+
+# --- launch settings: the run must be the one params.launch describes ------------------------
+
+
+def test_precision_other_than_params_launch_is_refused_before_anything_is_written(setup, tmp_path):
+    """params say launch.mixed_precision "no"; a hand-typed --mixed_precision bf16 is refused."""
+    out = tmp_path / "out"
+    cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=out / "ckpt",
+                    launch_extra=["--mixed_precision", "bf16"], outputs=("metrics", "history", "model", "errors"))
+    proc = run_cmd(cmd, setup["env"])
+    assert proc.returncode == 1
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "error: launch.mixed_precision: params.yaml says 'no' but this run has 'bf16'; launch with dvc.yaml's "
+        "command (it passes params.yaml's launch flags) or change launch.mixed_precision"]
+    assert "epoch 1" not in proc.stdout
+    assert not out.exists()  # no outputs, no checkpoint
+
+
+def test_fp16_on_a_cpu_only_host_is_refused(setup, tmp_path, monkeypatch, capsys, run_stage):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # what `accelerate launch --mixed_precision fp16` sets
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        run_stage("train", [VARIANT, "--params", setup["params"], "--data", setup["data"],
+                            "--metrics", out / "metrics.json", "--mixed-precision", "fp16"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        'error: launch.mixed_precision: fp16 needs a CUDA GPU (no gradient scaler on CPU); use bf16 or "no" '
+        'on this machine']
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def bf16_killed(setup, quick_params):
+    """A bf16 run of params that say launch.mixed_precision: bf16, killed after its first
+    checkpoint; one copy of its state is kept for an fp32 run to (not) resume."""
+    out = setup["base"] / "bf16"
+    out.mkdir()
+    params = quick_params(out / "params.yaml", epochs=EPOCHS, train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT,
+                          overrides={**QUICK, "launch.mixed_precision": "bf16"})
+    ckpt = out / "ckpt"
+    cmd = train_cmd(VARIANT, params, setup["data"], out, checkpoint=ckpt)
+    _, (saved,) = run_until_checkpoint([cmd], setup["env"], out / "logs", [node0(ckpt) / "run.json"])
+    shutil.copytree(ckpt, out / "ckpt-for-fp32")
+    return dict(out=out, params=params, ckpt=ckpt, saved=saved)
+
+
+def test_bf16_checkpoint_is_not_resumed_by_an_fp32_run(bf16_killed, setup, capsys):
+    params = load_params(bf16_killed["params"])
+    assert params.train == load_params(setup["params"]).train  # only launch.mixed_precision differs
+    ckpt = bf16_killed["out"] / "ckpt-for-fp32"
+    accelerator = make_accelerator()
+    assert accelerator.mixed_precision == "no"
+    # the state is resumable by a bf16 run: only the precision stands between it and this run
+    as_bf16 = types.SimpleNamespace(num_processes=1, device=accelerator.device, mixed_precision="bf16")
+    bf16_fp = run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, as_bf16)
+    assert Checkpoint(ckpt, bf16_fp).resumable() == bf16_killed["saved"]
+    assert run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, accelerator) != bf16_fp
+
+    result = run_training(params.variant(VARIANT), params.train, setup["data"], checkpoint_dir=ckpt,
+                          accelerator=accelerator)
+    out = capsys.readouterr().out
+    assert "resuming" not in out and f"{VARIANT} epoch 1/{EPOCHS}" in out
+    assert [h["epoch"] for h in result.history] == list(range(1, EPOCHS + 1))
+    assert result.metrics["mixed_precision"] == "no"
+
+
+def test_bf16_run_resumes_and_records_its_precision(bf16_killed, setup):
+    out, ckpt = bf16_killed["out"], bf16_killed["ckpt"]
+    proc = run_cmd(train_cmd(VARIANT, bf16_killed["params"], setup["data"], out, checkpoint=ckpt), setup["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming after epoch {len(bf16_killed['saved']['history'])}" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mixed_precision"] == "bf16" and metrics["epochs"] == EPOCHS
+    assert metrics["train_images"] == TRAIN_LIMIT and metrics["test_images"] == TEST_LIMIT
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == list(range(1, EPOCHS + 1))
+
+
+# --- holdout: evaluate on the last training images instead of the test set ------------------
+
+
+def test_holdout_evaluates_on_the_last_training_images(setup):
+    params = load_params(setup["params"])
+    cfg = dataclasses.replace(params.train, epochs=1, train_limit=600, holdout=100, batch_size=128)
+    accelerator = make_accelerator()
+    result = run_training(params.variant("skeleton"), cfg, setup["data"], accelerator=accelerator)
+    m = result.metrics
+    assert m["evaluated_on"] == "holdout (last 100 training images)"
+    assert m["train_images"] == 500 and m["test_images"] == 100 and m["optimizer_steps"] == 4
+    images, labels = load_split(setup["data"], train=True, limit=600)
+    assert torch.equal(result.evaluation.images.cpu(), images[500:])
+    assert torch.equal(result.evaluation.labels.cpu(), labels[500:])
+    # the recorded accuracy is the model's on those 100 images
+    errors = misclassified(result, cfg, accelerator)
+    assert errors["evaluated_on"] == m["evaluated_on"] and errors["test_images"] == 100
+    assert result.history[-1]["test_acc"] == pytest.approx(100 - len(errors["misclassified"]), abs=1e-9)
+    assert all(e["label"] == int(labels[500 + e["index"]]) != e["predicted"] for e in errors["misclassified"])
+
+
+def test_holdout_of_every_training_image_is_refused(setup):
+    params = load_params(setup["params"])
+    cfg = dataclasses.replace(params.train, train_limit=0, holdout=60_000)  # train_limit 0: all 60,000
+    with pytest.raises(ParamsError, match=r"^train\.holdout: 60000 held-out images leave none of the 60000 "):
+        load_datasets(setup["data"], cfg, "cpu")
+
+
+# --- the step loop reads nothing back from the device ---------------------------------------
+
+# Tensor methods that can copy a value to the host, which makes a GPU step wait for the device.
+HOST_READS = {"item", "tolist", "cpu", "numpy", "to", "__bool__", "__int__", "__float__", "__index__",
+              "nonzero"}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the host reads of every torch call made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_function__(self, func, arg_types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in HOST_READS:
+            self.calls[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def epoch_host_reads(setup, steps: int) -> collections.Counter:
+    """One epoch of `steps` optimiser steps of lr_scheduler (augmentation, dropout, BatchNorm,
+    OneCycleLR) in this process, and the host reads it made."""
+    params = load_params(setup["params"])
+    variant = params.variant(VARIANT)
+    cfg = dataclasses.replace(params.train, train_limit=steps * params.train.batch_size)
+    accelerator = make_accelerator()
+    data, _ = load_datasets(setup["data"], dataclasses.replace(cfg, test_limit=10), accelerator.device)
+    model = build_model(variant.model, variant.dropout)
+    optimizer = train.build_optimizer(model, variant)
+    scheduler = train.build_scheduler(optimizer, variant, epochs=1, steps=steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    with HostReads() as reads:
+        result = train.train_one_epoch(model, optimizer, scheduler, data, cfg, variant, cfg.seed, 1, accelerator)
+    assert result["steps"] == steps
+    return reads.calls
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_an_epoch_reads_from_the_device_a_fixed_number_of_times(setup, monkeypatch):
+    """No progress bar (stderr is no terminal): an epoch of 2N steps reads back exactly what one
+    of N steps does, the loss and accuracy totals once at its end."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    short, long = epoch_host_reads(setup, 3), epoch_host_reads(setup, 6)
+    assert short == long
+    assert short["item"] + short["tolist"] >= 1  # the epoch's totals: the counter sees reads
+
+
+def test_the_counter_sees_a_progress_bar_refreshed_every_step(setup, monkeypatch):
+    """The counter's control: on a terminal, with the bar refreshed every step, the reads grow
+    with the steps (the loss and accuracy it shows come from the device)."""
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    monkeypatch.setattr(train, "LOG_EVERY", 1)
+    short, long = epoch_host_reads(setup, 3), epoch_host_reads(setup, 6)
+    assert long["item"] - short["item"] >= 6 - 3  # at least one read per extra step

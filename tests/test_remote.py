@@ -1,0 +1,23 @@
+"""Sharing results without retraining: push a finished pipeline to a DVC remote, clone it
+elsewhere, pull, and find nothing to rerun (a copy of conftest's finished_pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DVC, GIT, git_commit, sh
+
+
+def test_a_clone_pulls_the_results_and_has_nothing_to_rerun(finished_pipeline, copy_finished_pipeline, tmp_path):
+    origin, env = copy_finished_pipeline("origin"), finished_pipeline["env"]
+    sh([*DVC, "remote", "add", "-d", "local", tmp_path / "remote"], origin, env)
+    sh([*DVC, "push"], origin, env)
+    git_commit(origin, env, "results on a local DVC remote")
+
+    clone = tmp_path / "clone"
+    sh([*GIT, "clone", "-q", origin, clone], tmp_path, env)
+    sh([*DVC, "pull"], clone, env)
+    status = json.loads(sh([*DVC, "status", "--json"], clone, env).stdout)
+    assert status == {}, f"after dvc pull, dvc status says stages would rerun: {status}"
+    proc = sh([*DVC, "repro"], clone, env, timeout=600)
+    assert "Running stage" not in proc.stdout, proc.stdout[-3000:]

@@ -1,0 +1,91 @@
+"""Trying changes without losing results, as the README promises: its quick `dvc exp run --temp`
+command leaves the workspace as it was, and a bad `-S` value stops in check_params before DVC
+deletes any stage's outputs. Each test works on its own copy of conftest's finished_pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+import yaml
+from conftest import DVC, experiments, sh, tree_digests
+
+QUICK_COMMAND = "dvc exp run --temp train@lr_scheduler"
+# A typo'd key and an out-of-range value, each with what its error must name.
+BAD_OVERRIDES = (("+train.epoch=3", re.compile(r"\btrain\.epoch\b(?!s)")),
+                 ("train.epochs=0", re.compile(r"\btrain\.epochs\b.*\b0\b")))
+RESULTS = ("metrics/", "models/")  # every metrics/runs, metrics/history file and model among them
+
+
+def readme_command(root, prefix: str) -> list[str]:
+    """The README's line starting with prefix, as argv (a trailing # comment dropped)."""
+    lines = [line.strip() for line in (root / "README.md").read_text().splitlines()
+             if line.strip().startswith(prefix)]
+    if len(lines) != 1:
+        pytest.fail(f"README.md should hold exactly one line starting `{prefix}` (the quick run "
+                    f"this test runs literally); found {len(lines)}")
+    return shlex.split(lines[0], comments=True)
+
+
+def set_values(argv: list[str]) -> dict:
+    """{dotted key: value} of the command's `-S key=value` options, values read as YAML."""
+    pairs = [argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a in ("-S", "--set-param")]
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def results(root) -> dict:
+    found = {rel: digest for rel, digest in tree_digests(root).items() if rel.startswith(RESULTS)}
+    assert any(rel.startswith("metrics/runs/") for rel in found) and any(rel.endswith(".pt") for rel in found)
+    return found
+
+
+def test_readme_quick_command_leaves_the_workspace_as_it_was(finished_pipeline, copy_finished_pipeline):
+    work, env = copy_finished_pipeline(), finished_pipeline["env"]
+    argv = readme_command(work, QUICK_COMMAND)
+    status = sh([*DVC, "status"], work, env).stdout
+    before, known = tree_digests(work), set(experiments(work, env))
+
+    sh(argv, work, env, timeout=900)
+
+    new = {name: rev for name, rev in experiments(work, env).items() if name not in known}
+    assert len(new) == 1, f"expected one new experiment in dvc exp show, got {sorted(new)}"
+    (name, rev), = new.items()
+    assert not rev.get("error"), rev["error"]
+    exp_params = rev["data"]["params"]["params.yaml"]["data"]
+    for dotted, value in set_values(argv).items():
+        node = exp_params
+        for key in dotted.split("."):
+            node = node[key]
+        assert node == value, f"experiment {name}: {dotted} is {node!r}, the command set {value!r}"
+    # The experiment's commit holds the run it trained, at the command's size.
+    variant, seed = QUICK_COMMAND.split("@", 1)[1], exp_params["train"]["seed"]
+    run = json.loads(sh(["git", "show", f"{rev['rev']}:metrics/runs/{variant}/seed_{seed}.json"], work, env).stdout)
+    assert (run["train_images"], run["test_images"]) == (exp_params["train"]["train_limit"],
+                                                         exp_params["train"]["test_limit"]), run
+
+    after = tree_digests(work)
+    for rel in ("params.yaml", "README.md", *(r for r in before if r.startswith("metrics/"))):
+        assert after.get(rel) == before[rel], f"{rel} changed"
+    assert after == before, sorted(r for r in before.keys() | after.keys() if before.get(r) != after.get(r))
+    assert sh([*DVC, "status"], work, env).stdout == status
+
+
+def test_bad_params_stop_in_check_params_and_lose_nothing(finished_pipeline, copy_finished_pipeline):
+    work, env = copy_finished_pipeline(), finished_pipeline["env"]
+    kept, params = results(work), (work / "params.yaml").read_bytes()
+    for temp in ([], ["--temp"]):
+        for override, names_key in BAD_OVERRIDES:
+            proc = sh([*DVC, "exp", "run", *temp, "-S", override], work, env, timeout=600, check=False)
+            said = proc.stdout + proc.stderr
+            what = f"dvc exp run {' '.join(temp)} -S {override}"
+            assert proc.returncode != 0, f"{what} succeeded:\n{said[-3000:]}"
+            assert names_key.search(said), f"{what}: the error does not name the key:\n{said[-3000:]}"
+            ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
+            assert ran == ["check_params"], f"{what} ran {ran}, not only check_params"
+            assert results(work) == kept, f"{what} deleted or changed results"
+            if temp:
+                assert (work / "params.yaml").read_bytes() == params, f"{what} changed params.yaml"
+            else:
+                sh(["git", "checkout", "--", "params.yaml"], work, env)  # the next run starts clean
