@@ -6,8 +6,10 @@ import dataclasses
 import json
 import os
 import stat
+import types
 
 import pytest
+import torch
 
 from mnist_repro.config import load_params
 from mnist_repro.io import atomic_path, write_json
@@ -57,7 +59,11 @@ def test_cpu_threads_share_the_cores(monkeypatch):
 def test_thread_count_does_not_block_resume(repo_root):
     params = load_params(repo_root / "params.yaml")
     cfg, variant = params.train, params.variant("lr_scheduler")
+    # What run_fingerprint reads of an Accelerator: the launch it runs under.
+    fp32 = types.SimpleNamespace(num_processes=1, device=torch.device("cpu"), mixed_precision="no")
+    bf16 = types.SimpleNamespace(num_processes=1, device=torch.device("cpu"), mixed_precision="bf16")
     more = dataclasses.replace(cfg, cpu_threads=7)
-    assert run_fingerprint(cfg, variant, 1, 1) == run_fingerprint(more, variant, 1, 1)
+    assert run_fingerprint(cfg, variant, 1, fp32) == run_fingerprint(more, variant, 1, fp32)
     other = dataclasses.replace(cfg, epochs=cfg.epochs + 1)
-    assert run_fingerprint(cfg, variant, 1, 1) != run_fingerprint(other, variant, 1, 1)
+    assert run_fingerprint(cfg, variant, 1, fp32) != run_fingerprint(other, variant, 1, fp32)
+    assert run_fingerprint(cfg, variant, 1, fp32) != run_fingerprint(cfg, variant, 1, bf16)
