@@ -77,6 +77,14 @@ def checked(data, path: Path, keys: tuple, expect: dict, how_to_make: str) -> di
     return data
 
 
+def read_history(path: Path, epochs: int, summary: str, how_to_make: str) -> list:
+    """A per-epoch history that must match its summary's epoch count (else it is stale)."""
+    history = read_input(path, how_to_make)
+    if not isinstance(history, list) or len(history) != epochs:
+        raise InputFileError(f"{path}: not the {epochs}-epoch history of {summary}: stale; {how_to_make}")
+    return history
+
+
 def not_run_note(params: Params, runs_dir: str | Path, name: str) -> str:
     """Why a variant has no runs and the stage that makes its main run, on one line."""
     path = seed_file(runs_dir, name, params.train.seed)
@@ -114,10 +122,7 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
         for run in variant_runs:
             path = seed_file(history_dir, name, run["seed"])
             how = f"run `dvc repro {seed_stage(params, name, run['seed'])}`"
-            history = read_input(path, how)
-            if not isinstance(history, list) or len(history) != run["epochs"]:
-                raise InputFileError(f"{path}: not the {run['epochs']}-epoch history of its run file: stale; {how}")
-            histories[name].append(history)
+            histories[name].append(read_history(path, run["epochs"], "its run file", how))
     return histories
 
 
@@ -129,10 +134,7 @@ def read_published_code(params: Params, code_dir: str | Path) -> dict:
         how = f"run `dvc repro published_path@{name}`"
         path = Path(code_dir) / f"{name}.json"
         metrics = checked(read_input(path, how), path, CODE_KEYS, {"variant": name}, how)
-        history_path = Path(code_dir) / "history" / f"{name}.json"
-        history = read_input(history_path, how)
-        if not isinstance(history, list) or len(history) != metrics["epochs"]:
-            raise InputFileError(f"{history_path}: not the {metrics['epochs']}-epoch history of {path}: stale; {how}")
+        history = read_history(Path(code_dir) / "history" / f"{name}.json", metrics["epochs"], str(path), how)
         code[name] = {"metrics": metrics, "history": history}
     return code
 
