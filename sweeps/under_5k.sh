@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The under_5k search (README "An eighth variant"): each line queues one DVC
+# experiment of train@under_5k that trains on the first 55,000 training images and
+# scores on the last 5,000 (train.holdout), never on the test set. One thread per
+# run so two queue workers share a 2-core machine. Run it, then:
+#   dvc queue start -j 2 && dvc queue status      # wait until all are Success
+#   dvc exp show --md --only-changed -A ...        # or: python -m mnist_repro.search
+# and collect the scores into metrics/search/under_5k.json (see the README).
+set -euo pipefail
+q() { dvc exp run --queue train@under_5k -S train.holdout=5000 -S train.cpu_threads=1 "$@"; }
+
+# Round 1: three widths with a high OneCycle peak, and the middle one with lr_scheduler's own recipe.
+q -n u5k-c8-8-10-12-14-lr05   -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
+q -n u5k-c8-8-10-12-14-lr015  -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.015 -S variants.under_5k.dropout=0.03
+q -n u5k-c6-8-10-12-14-lr05   -S variants.under_5k.model=c6-8-10-12-14 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
+q -n u5k-c8-8-12-12-16-lr05   -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
