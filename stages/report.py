@@ -19,6 +19,7 @@ def main(argv=None) -> None:
     ap.add_argument("--published-code", required=True, help="directory holding the published-code reruns")
     ap.add_argument("--errors", required=True, help="directory holding <variant>.json misclassified test images")
     ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
+    ap.add_argument("--search", help="directory holding <variant>.json design-search records (mnist_repro.search)")
     ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test images drawn)")
     ap.add_argument("--out", required=True, help="write the markdown report here")
     ap.add_argument("--figures", required=True, help="write the PNG figures into this directory")
@@ -27,7 +28,7 @@ def main(argv=None) -> None:
 
     build_report(params_path=args.params, reference_path=args.reference, table_dir=args.table, runs_dir=args.runs,
                  history_dir=args.history, code_dir=args.published_code, errors_dir=args.errors,
-                 precision_dir=args.precision,
+                 precision_dir=args.precision, search_dir=args.search,
                  data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_dir=args.curves)
     print(f"wrote {args.out}, figures in {args.figures} and curves in {args.curves}")
 

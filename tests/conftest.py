@@ -179,7 +179,10 @@ def make_results_project(committed_results, mnist_root):
     _, labels = load_split(mnist_root, train=False)
 
     def make(dest: Path) -> Path:
+        variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
         write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
+            # the seven variants those runs are of (later ones, such as under_5k, postdate them)
+            "variants": {name: variants[name] for name in RESULTS_VARIANTS},
             "seeds.variants": ["lr_scheduler"], "seeds.extra": list(RESULTS_EXTRA_SEEDS),
             "published_code.variants": ["lr_scheduler"], "precision.seeds": []})
         (dest / "reference").mkdir(parents=True, exist_ok=True)

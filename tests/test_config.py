@@ -29,7 +29,7 @@ def test_repo_params_load(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert isinstance(params, Params)
     assert params.train.epochs == 15 and params.train.batch_size == 128 and params.train.seed == 1
-    assert len(params.variants) == 7
+    assert len(params.variants) == 8
     assert params.variant("lr_scheduler").schedule == "one_cycle"
     assert isinstance(params.variant("basic_setup").lr, float)
     assert params.train.seed not in params.seeds.extra

@@ -1,4 +1,4 @@
-"""The seven architectures as params.yaml builds them, and the custom Dropout."""
+"""The architectures as params.yaml builds them, the under-5k family, and the custom Dropout."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ PUBLISHED_PARAMS = {
     "augmentation": 6_124,
     "lr_scheduler": 6_720,
 }
+# Variants beyond the published seven: no published count, so pinned here.
+OUR_PARAMS = {
+    "under_5k": 4_204,
+}
+# Every width the under_5k search tried (models.COMPACT_WIDTHS), as its record names them.
+COMPACT_PARAMS = {"c6-8-10-12-14": 4_038, "c8-8-10-12-14": 4_204, "c8-8-12-12-16": 4_808}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +32,8 @@ def variants(repo_root):
     return load_params(repo_root / "params.yaml").variants
 
 
-def test_params_yaml_lists_the_seven_variants_in_order(variants):
-    assert list(variants) == list(PUBLISHED_PARAMS)
+def test_params_yaml_lists_the_variants_in_order(variants):
+    assert list(variants) == list(PUBLISHED_PARAMS) + list(OUR_PARAMS)
     assert variants["augmentation"].model == "fc_after_gap"
 
 
@@ -40,7 +46,19 @@ def test_parameter_count_matches_published(variants, name, repo_root):
     assert load_reference(repo_root / "reference" / "published.json").get(name).params == PUBLISHED_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", PUBLISHED_PARAMS)
+@pytest.mark.parametrize("name", OUR_PARAMS)
+def test_parameter_count_of_our_variants(variants, name):
+    v = variants[name]
+    assert count_parameters(build_model(v.model, v.dropout)) == OUR_PARAMS[name] <= 5_000
+
+
+def test_every_compact_width_builds_under_5k_parameters():
+    from mnist_repro.models import MODELS
+    built = {name: count_parameters(build_model(name)) for name in MODELS if name.startswith("c")}
+    assert built == COMPACT_PARAMS
+
+
+@pytest.mark.parametrize("name", [*PUBLISHED_PARAMS, *OUR_PARAMS])
 @pytest.mark.parametrize("train_mode", [True, False], ids=["train", "eval"])
 def test_forward_gives_log_probabilities(variants, name, train_mode):
     v = variants[name]
@@ -142,3 +160,33 @@ def test_dropout_gradient_flows_through_kept_units_only():
     out = Dropout(0.2).train()(x)
     out.sum().backward()
     torch.testing.assert_close(x.grad, out.detach())
+
+
+# sha256 (first 16 hex digits) of each variant's module tree and its initial weights after
+# torch.manual_seed(1), as built when its committed results were made. Editing models.py
+# (adding a variant, say) makes `dvc status` list every training stage; while these hold,
+# the builders of those results are unchanged and `dvc commit <stage>` records that
+# instead of retraining (README "Add a variant"). A changed digest means a real change:
+# rerun the variant.
+BUILT_AS_COMMITTED = {
+    "basic_setup": "3981d85b0fc23b9c", "skeleton": "7cac8f4ce1eeceba", "batch_norm": "c6c3dd924601ebba",
+    "dropout": "0b433e37a77c77db", "fc_after_gap": "dec98d11a5fc5082", "augmentation": "dec98d11a5fc5082",
+    "lr_scheduler": "f0aa6ffa21e83ae0",
+}
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256(repr(model).encode())
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", BUILT_AS_COMMITTED)
+def test_builders_of_committed_results_are_unchanged(variants, name):
+    torch.manual_seed(1)
+    v = variants[name]
+    assert model_digest(build_model(v.model, v.dropout)) == BUILT_AS_COMMITTED[name]

@@ -15,6 +15,7 @@ Layout (directories passed by dvc.yaml):
     <published_code>/<variant>.json         the published data path rerun here, seed train.seed
     <published_code>/history/<variant>.json its per-epoch history
     <errors>/<variant>.json                 the main run's misclassified test images
+    <search>/<variant>.json                 a design search's record (mnist_repro.search), if any
 """
 
 from __future__ import annotations
@@ -152,3 +153,20 @@ def read_errors(params: Params, errors_dir: str | Path, name: str, runs: dict) -
         if not isinstance(entry, dict) or not {"index", "label", "predicted"} <= set(entry):
             raise InputFileError(f"{path}: misclassified entries need index, label and predicted, got {entry!r}; {how}")
     return errors
+
+
+SEARCH_KEYS = ("variant", "rule", "candidates", "experiments")
+
+
+def read_searches(params: Params, search_dir: str | Path) -> dict:
+    """variant -> its design search's record (python -m mnist_repro.search), for every
+    <search>/<variant>.json; a record of a variant params.yaml lacks is an error."""
+    searches = {}
+    for path in sorted(Path(search_dir).glob("*.json")):
+        how = f"rerun `python -m mnist_repro.search {path.stem} --out {path}`"
+        record = checked(read_input(path, how), path, SEARCH_KEYS, {"variant": path.stem}, how)
+        if path.stem not in params.variants:
+            raise InputFileError(f"{path}: a search for {path.stem!r}, which params.yaml's variants lack; "
+                                 "delete it or add the variant")
+        searches[path.stem] = record
+    return searches

@@ -15,13 +15,14 @@ stage writes each variant's per-epoch curve as JSON for `dvc plots` (write_curve
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Params, VariantConfig, load_params
 from .data import load_split
 from .figures import comparison_figure, misclassified_figure, overlay_figure
-from .inputs import InputFileError, read_errors, read_histories, read_published_code, read_runs, seed_stage
+from .inputs import (InputFileError, read_errors, read_histories, read_published_code, read_runs, read_searches,
+                     seed_stage)
 from .io import write_json, write_text
 from .precision import precision_section, read_precision_runs
 from .models import build_model, count_parameters
@@ -46,6 +47,7 @@ class ReportInputs:
     code: dict       # variant -> {"metrics", "history"} of the published-code rerun; absent if not run
     errors: dict | None  # the last variant's misclassified test images; None if it is not run yet
     precision: list  # per precision seed: its mixed-precision and fp32 runs (precision.read_precision_runs)
+    searches: dict = field(default_factory=dict)  # variant -> its design search's record (inputs.read_searches)
 
     @property
     def final_variant(self) -> VariantConfig:
@@ -67,7 +69,7 @@ class ReportInputs:
 
 
 def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir,
-                errors_dir, precision_dir) -> ReportInputs:
+                errors_dir, precision_dir, search_dir=None) -> ReportInputs:
     params = load_params(params_path)
     runs = read_runs(params, runs_dir)
     return ReportInputs(params=params, reference=load_reference(reference_path),
@@ -75,7 +77,8 @@ def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir
                         runs=runs, histories=read_histories(params, history_dir, runs),
                         code=read_published_code(params, code_dir),
                         errors=read_errors(params, errors_dir, list(params.variants)[-1], runs),
-                        precision=read_precision_runs(params, precision_dir, runs_dir))
+                        precision=read_precision_runs(params, precision_dir, runs_dir),
+                        searches=read_searches(params, search_dir) if search_dir else {})
 
 
 # --- markdown helpers -------------------------------------------------------------------
@@ -380,6 +383,42 @@ def model_cards(params: Params) -> list[str]:
 
 # --- figures ----------------------------------------------------------------------------------
 
+# Overrides every experiment of a search shares by construction; the tables leave them out.
+SEARCH_FIXED = ("train.holdout", "train.cpu_threads")
+
+
+def search_section(name: str, record: dict, params: Params) -> list[str]:
+    """What a design search tried, what each candidate scored on its validation split, and
+    which candidate params.yaml's entry for the variant is (its recipe, compared key by key)."""
+    exps = record["experiments"]
+    recipe = {k: getattr(params.variants[name], k) for k in record["candidates"][0]["recipe"]}
+    chosen = [i for i, c in enumerate(record["candidates"]) if c["recipe"] == recipe]
+    trained = " or ".join(f"{n:,}" for n in sorted({e["train_images"] for e in exps}))
+    held = " or ".join(f"{n:,}" for n in sorted({e["validation_images"] for e in exps}))
+    lines = [f"{len(exps)} experiments of `train@{name}`, each trained on {trained} "
+             f"training images and scored on the last {held} (`train.holdout`), "
+             f"never on the test set. Rule: {record['rule']}. "
+             + (f"`params.yaml` has candidate {chosen[0] + 1}." if chosen else
+                "`params.yaml`'s entry matches no candidate: rerun the search or set one of them."),
+             ""]
+    rows = []
+    for i, c in enumerate(record["candidates"], 1):
+        changed = ", ".join(f"`{k.removeprefix(f'variants.{name}.')}={v}`" for k, v in c["overrides"].items()
+                            if k not in SEARCH_FIXED) or "(the baseline's entry)"
+        rank = f"{i}{' (chosen)' if i - 1 in chosen else ''}" if c.get("within_budget", True) else "reference"
+        rows.append([rank, c["model"], f"{c['params']:,}", changed,
+                     ", ".join(map(str, c["seeds"])), f"{c['final_val_mean']:.2f}", f"{c['final_val_min']:.2f}"])
+    lines += [markdown_table(["Rank", "Model", "Params", "Overrides", "Seeds", "Final val. mean", "Final val. min"],
+                             rows, numeric={2, 5, 6}), ""]
+    lines += ["Every experiment (final and best validation accuracy, best epoch), with the command that ran it "
+              "on its baseline commit:", ""]
+    lines += [markdown_table(["Experiment", "Baseline", "Final val.", "Best val. (epoch)", "Command"],
+                             [[e["experiment"], e["baseline"], f"{e['final_val_acc']:.2f}",
+                               f"{e['best_val_acc']:.2f} ({e['best_val_epoch']})", f"`{e['command']}`"]
+                              for e in exps], numeric={2})]
+    return lines
+
+
 def _pairs(history) -> list[tuple]:
     return [(e["epoch"], e["test_acc"]) for e in history]
 
@@ -511,6 +550,8 @@ def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Pa
         "",
         *seeds_section(inputs),
         "",
+        *[line for name, record in inputs.searches.items()
+          for line in (f"## Design search: {name}", "", *search_section(name, record, inputs.params), "")],
         "## Where the published table and its own logs disagree",
         "",
         *disagreements(inputs.reference, inputs.params),
@@ -545,12 +586,12 @@ def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Pa
 
 
 def build_report(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,
-                 precision_dir, data_root, report_path, figures_dir, curves_dir) -> str:
+                 precision_dir, data_root, report_path, figures_dir, curves_dir, search_dir=None) -> str:
     """Read every input (any missing one stops it before a file is written), write the figures,
     the curves and the report; return the report's markdown."""
     inputs = load_inputs(params_path=params_path, reference_path=reference_path, table_dir=table_dir,
                          runs_dir=runs_dir, history_dir=history_dir, code_dir=code_dir, errors_dir=errors_dir,
-                         precision_dir=precision_dir)
+                         precision_dir=precision_dir, search_dir=search_dir)
     report_path, figures_dir, curves_dir = Path(report_path), Path(figures_dir), Path(curves_dir)
     figures = write_figures(inputs, figures_dir, data_root)
     remove_stale(figures_dir, "*.png", figures.values())

@@ -1,0 +1,150 @@
+"""A design search's record: its DVC experiments and what each scored on the validation split.
+
+A search is a set of `dvc exp run train@<variant> -S train.holdout=N -S ...`
+experiments (sweeps/under_5k.sh queues one): each trains on all but the last N
+training images and scores on those N, never on the test set. Experiments live
+in this clone's git refs only, so the record is written to a committed file
+that the report renders:
+
+    python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
+
+Every experiment of the variant evaluated on a holdout is listed with the exact
+`-S` overrides that made it (its params.yaml against its baseline commit's).
+Candidates (same overrides but the seed) are ranked by the mean of their seeds'
+*final*-epoch validation accuracy: the final epoch is what a user of the recipe
+gets, and the best epoch would be chosen on the data it is scored on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import yaml
+
+from .config import Yaml12Loader
+from .io import write_json
+
+SEED_KEY = "train.seed"
+RECIPE_KEYS = ("model", "lr", "momentum", "schedule", "dropout", "augment")  # a variant's settings but its target
+
+
+class SearchError(Exception):
+    """No experiment to record: one line naming what to run."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def overrides(params: dict, baseline: dict, variant: str) -> dict:
+    """Flat key -> value of every param of train@<variant> (launch, train, variants.<variant>)
+    that differs from the baseline's: what `-S` set for the stage."""
+    new, old = _flat(params), _flat(baseline)
+    own = ("launch.", "train.", f"variants.{variant}.")
+    return {k: v for k, v in new.items() if k.startswith(own) and old.get(k, object()) != v}
+
+
+def record(name: str, rev: str, baseline_rev: str, variant: str, params: dict, baseline: dict, run: dict) -> dict:
+    """One experiment's line of the record (params: its params.yaml, baseline: its baseline commit's;
+    run: its run summary). The command reruns it on checking out the baseline commit."""
+    changed = overrides(params, baseline, variant)
+    return {
+        "experiment": name, "rev": rev[:7], "baseline": baseline_rev[:7],
+        "command": f"dvc exp run train@{variant} " + " ".join(f"-S {k}={json.dumps(v) if isinstance(v, list) else v}"
+                                                           for k, v in changed.items()),
+        "overrides": changed,
+        "seed": run["seed"], "model": params["variants"][variant]["model"], "params": run["params"],
+        "recipe": {k: v for k, v in params["variants"][variant].items() if k in RECIPE_KEYS},
+        "validation_images": run["test_images"], "train_images": run["train_images"],
+        "final_val_acc": run["final_test_acc"], "best_val_acc": run["best_test_acc"],
+        "best_val_epoch": run["best_test_epoch"], "final_train_acc": run["final_train_acc"],
+        "wall_seconds": run["wall_seconds"],
+    }
+
+
+def rank(records: list[dict], max_params: int | None = None) -> list[dict]:
+    """Candidates (records equal but for the seed), best mean final validation accuracy first;
+    those over max_params (a reference point, such as the published model) after the rest."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        key = json.dumps({k: v for k, v in r["overrides"].items() if k != SEED_KEY}, sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    ranked = [{"overrides": json.loads(k), "recipe": rs[0]["recipe"], "model": rs[0]["model"],
+               "params": rs[0]["params"],
+               "seeds": sorted(r["seed"] for r in rs),
+               "final_val_mean": round(statistics.fmean(r["final_val_acc"] for r in rs), 3),
+               "final_val_min": min(r["final_val_acc"] for r in rs),
+               "experiments": [r["experiment"] for r in rs],
+               "within_budget": max_params is None or rs[0]["params"] <= max_params}
+              for k, rs in groups.items()]
+    return sorted(ranked, key=lambda c: (not c["within_budget"], -c["final_val_mean"], c["params"]))
+
+
+def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | None = None) -> dict:
+    """Every successful holdout experiment of train@<variant> among the last `num` commits' experiments."""
+    import dvc.api
+    from dvc.repo import Repo
+
+    def read_yaml(rev):  # YAML 1.2 like DVC, which writes `no` unquoted after -S
+        return yaml.load(dvc.api.read("params.yaml", repo=repo, rev=rev), Loader=Yaml12Loader)
+
+    records, baseline = [], None
+    with Repo(repo) as dvc_repo:
+        rows = dvc.api.exp_show(repo=repo, num=num)
+        for row in rows:
+            if row["typ"] == "baseline":
+                baseline = None if row["rev"] == "workspace" else dvc_repo.scm.resolve_rev(row["rev"])
+                continue
+            if row.get("State") != "Success" or baseline is None:
+                continue
+            rev = dvc_repo.scm.resolve_rev(row["rev"])
+            params = read_yaml(rev)
+            if not params.get("train", {}).get("holdout") or variant not in params.get("variants", {}):
+                continue
+            path = f"metrics/runs/{variant}/seed_{params['train']['seed']}.json"
+            try:
+                run = json.loads(dvc.api.read(path, repo=repo, rev=rev))
+            except FileNotFoundError:
+                continue
+            if not run.get("evaluated_on", "").startswith("holdout"):
+                continue
+            records.append(record(row["Experiment"] or rev[:7], rev, baseline, variant, params, read_yaml(baseline), run))
+    if not records:
+        raise SearchError(f"no successful holdout experiment of train@{variant} in this clone; "
+                             f"queue them (sweeps/{variant}.sh) and run `dvc queue start`")
+    records.sort(key=lambda r: r["experiment"])
+    return {"variant": variant, "max_params": max_params,
+            "rule": "candidates ranked by the mean of their seeds' final-epoch validation accuracy"
+                    + (f"; those over {max_params:,} parameters are reference points, listed last" if max_params else ""),
+            "candidates": rank(records, max_params), "experiments": records}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variant")
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--max-params", type=int, help="the design's parameter budget; larger candidates are references")
+    ap.add_argument("--out", required=True, help="the record's JSON file (metrics/search/<variant>.json)")
+    args = ap.parse_args(argv)
+    try:
+        result = collect(args.variant, args.repo, max_params=args.max_params)
+    except SearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    write_json(args.out, result)
+    for c in result["candidates"]:
+        print(f"{c['final_val_mean']:.2f} (min {c['final_val_min']:.2f}, seeds {c['seeds']}) "
+              f"{c['model']} {c['params']} params: {c['overrides']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""A design search's record (mnist_repro.search): a real holdout experiment read back from DVC
+with the overrides that made it, candidates ranked by final validation accuracy, and the
+report section that names the candidate params.yaml holds."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from conftest import DVC, sh
+
+from mnist_repro.config import load_params
+from mnist_repro.report import search_section
+from mnist_repro.search import overrides, rank
+
+
+def run(name, seed, final, params=4204, **changed):
+    return {"experiment": name, "seed": seed, "model": changed.get("variants.v.model", "m"), "params": params,
+            "recipe": {"model": changed.get("variants.v.model", "m")}, "final_val_acc": final,
+            "overrides": {"train.holdout": 500, "train.seed": seed, **changed}}
+
+
+def test_overrides_are_the_stage_params_that_differ_from_the_baseline():
+    base = {"train": {"seed": 1, "holdout": 0}, "variants": {"v": {"lr": 0.05}, "w": {"lr": 0.1}},
+            "seeds": {"extra": [2]}}
+    exp = {"train": {"seed": 11, "holdout": 500}, "variants": {"v": {"lr": 0.03}, "w": {"lr": 0.2}},
+           "seeds": {"extra": [2, 3]}}
+    # another variant's entry and the seeds section are not train@v's params: not part of its command
+    assert overrides(exp, base, "v") == {"train.seed": 11, "train.holdout": 500, "variants.v.lr": 0.03}
+
+
+def test_candidates_pool_their_seeds_and_rank_by_mean_final_validation_accuracy():
+    records = [run("a1", 1, 99.30), run("a2", 2, 99.10),                        # a: mean 99.20
+               run("b1", 1, 99.24, **{"variants.v.model": "b"}),               # b: 99.24, one seed
+               run("ref", 1, 99.50, params=6720, **{"variants.v.model": "big"})]
+    ranked = rank(records, max_params=5000)
+    assert [c["experiments"] for c in ranked] == [["b1"], ["a1", "a2"], ["ref"]]
+    assert ranked[1]["seeds"] == [1, 2] and ranked[1]["final_val_mean"] == 99.2 and ranked[1]["final_val_min"] == 99.1
+    assert [c["within_budget"] for c in ranked] == [True, True, False]  # over budget: a reference, listed last
+    assert "train.seed" not in ranked[1]["overrides"]
+
+
+def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, copy_finished_pipeline, tmp_path):
+    work, env = copy_finished_pipeline(), finished_pipeline["env"]
+    out = tmp_path / "search" / "under_5k.json"
+    search = ["python", "-m", "mnist_repro.search", "under_5k", "--max-params", "5000", "--out", out]
+
+    # No experiment yet: one line naming what to run, no file.
+    proc = sh(search, work, env, check=False)
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: no successful holdout experiment of train@under_5k in this clone; "
+        "queue them (sweeps/under_5k.sh) and run `dvc queue start`"]
+
+    sh([*DVC, "exp", "run", "--temp", "train@under_5k", "-n", "probe", "-S", "train.holdout=100",
+        "-S", "variants.under_5k.lr=0.02"], work, env, timeout=900)
+    # An experiment scored on the test set is not part of a search.
+    sh([*DVC, "exp", "run", "--temp", "train@under_5k", "-n", "on-test", "-S", "variants.under_5k.lr=0.03"],
+       work, env, timeout=900)
+    sh(search, work, env)
+
+    record = json.loads(out.read_text())
+    (exp,) = record["experiments"]
+    head = sh(["git", "rev-parse", "HEAD"], work, env).stdout.strip()
+    run_file = json.loads(sh(["git", "show", f"refs/exps/{head[:2]}/{head[2:]}/probe:metrics/runs/under_5k/seed_1.json"],
+                             work, env).stdout)
+    assert exp["experiment"] == "probe" and exp["baseline"] == head[:7]
+    assert exp["overrides"] == {"train.holdout": 100, "variants.under_5k.lr": 0.02}
+    assert exp["command"] == "dvc exp run train@under_5k -S train.holdout=100 -S variants.under_5k.lr=0.02"
+    assert (exp["final_val_acc"], exp["best_val_acc"], exp["validation_images"]) == (
+        run_file["final_test_acc"], run_file["best_test_acc"], 100)
+    assert run_file["evaluated_on"] == "holdout (last 100 training images)"
+    assert exp["recipe"]["lr"] == 0.02 and record["candidates"][0]["within_budget"]
+
+    # The report names no candidate as chosen until params.yaml holds one's recipe.
+    params = load_params(work / "params.yaml")
+    assert "matches no candidate" in search_section("under_5k", record, params)[0]
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["variants"]["under_5k"]["lr"] = 0.02
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    section = search_section("under_5k", record, load_params(work / "params.yaml"))
+    assert "`params.yaml` has candidate 1." in section[0]
+    assert any(line.startswith("| 1 (chosen) |") for line in section)
+    assert any(f"`{exp['command']}`" in line for line in section)
