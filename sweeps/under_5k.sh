@@ -2,10 +2,12 @@
 # The under_5k search (README "An eighth variant"): each line queues one DVC
 # experiment of train@under_5k that trains on the first 55,000 training images and
 # scores on the last 5,000 (train.holdout), never on the test set. One thread per
-# run so two queue workers share a 2-core machine. Run it, then:
-#   dvc queue start -j 2 && dvc queue status      # wait until all are Success
-#   dvc exp show --md --only-changed -A ...        # or: python -m mnist_repro.search
-# and collect the scores into metrics/search/under_5k.json (see the README).
+# run so two queue workers share a 2-core machine. The rounds ran one after the
+# other, each planned on the scores before it. Run it from a commit whose params.yaml
+# has the search's baseline entry (cb34fcb: c8-8-10-12-14, lr 0.05, no dropout), then:
+#   dvc queue start -j 2; dvc queue status         # until every task is Success
+#   python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
+# which records every experiment, ranks the candidates and prints the ranking.
 set -euo pipefail
 q() { dvc exp run --queue train@under_5k -S train.holdout=5000 -S train.cpu_threads=1 "$@"; }
 
