@@ -161,7 +161,9 @@ def side_by_side(inputs: ReportInputs) -> str:
         rows.append([
             name, _pair(row["params"]["ours"], row["params"]["published"], lambda v: f"{v:,}"),
             _pair(row["best_train"]["ours"], row["best_train"]["published"], _pct),
-            _pct(row["best_test"]["published"]), _pct(row["best_test"]["published_code"]) or "not run",
+            _pct(row["best_test"]["published"]),
+            # no published run, no published code to rerun: "–", not "not run"
+            _pct(row["best_test"]["published_code"]) or ("not run" if row["best_test"]["published"] else None),
             _pct(row["best_test"]["ours"]) if seeds["n"] else inputs.how_to_run(name),
             f"{seeds['best_test_mean']:.2f} ± {seeds['best_test_sd']:.3f} (n = {seeds['n']})" if seeds["n"]
             else "– (n = 0)",
@@ -449,7 +451,8 @@ def write_figures(inputs: ReportInputs, figures_dir: Path, data_root) -> dict[st
         code = inputs.code.get(name)
         if not histories and not pub:
             continue
-        title = (f"{name}: test accuracy per epoch, ours against the published run" if histories
+        title = (f"{name}: test accuracy per epoch of our seeds (no published run)" if not pub
+                 else f"{name}: test accuracy per epoch, ours against the published run" if histories
                  else f"{name}: test accuracy per epoch of the published run (ours not run yet)")
         figures[name] = comparison_figure(
             title, mean_curve(histories), len(histories), _pairs(pub.log) if pub else None,
@@ -575,7 +578,9 @@ def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Pa
             lines += [f"`{name}` is {inputs.how_to_run(name)}"
                       + ("; the published run alone:" if name in link else "; no published log either."), ""]
         if name in link:
-            against = "against the published run" if histories else "of the published run"
+            published = inputs.reference.get(name) is not None
+            against = ("against the published run" if published else "over our seeds") if histories \
+                else "of the published run"
             lines += [f"![{name}: test accuracy per epoch {against}]({link[name]})", ""]
     lines += ["## Mixed precision", "", *precision_section(inputs.params, inputs.precision), "",
               "## Wall time", "", *wall_time_section(inputs), "",
