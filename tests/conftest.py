@@ -226,6 +226,9 @@ def report_argv(mnist_root):
 
 # Pipeline outputs and the lock: a copy of the project starts without the checkout's results.
 PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/", "dvc.lock")
+# ... except the committed inputs kept there: design-search records (made from DVC experiments,
+# not by a stage), which the report stage depends on.
+PIPELINE_INPUTS = ("metrics/search/",)
 GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main")
 # The quick pipeline: every stage runs, each on a slice (benchmark.steps 0 = one epoch of the slice).
 QUICK_PIPELINE = {"seeds.variants": ["lr_scheduler"], "seeds.extra": [2], "precision.seeds": [1],
@@ -262,7 +265,8 @@ def init_project(dest: Path, env: dict, *, params: dict | None = None, exclude: 
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in listed:
-        if rel and not rel.startswith(PIPELINE_OUTPUTS + tuple(exclude)) and (REPO / rel).is_file():
+        kept = not rel.startswith(PIPELINE_OUTPUTS + tuple(exclude)) or rel.startswith(PIPELINE_INPUTS)
+        if rel and kept and (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
     if params is not None:

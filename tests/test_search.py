@@ -80,5 +80,6 @@ def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, co
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     section = search_section("under_5k", record, load_params(work / "params.yaml"))
     assert "`params.yaml` has candidate 1." in section[0]
-    assert any(line.startswith("| 1 (chosen) |") for line in section)
-    assert any(f"`{exp['command']}`" in line for line in section)
+    lines = "\n".join(section).splitlines()
+    assert any(line.startswith(f"| 1 (chosen) | {exp['model']} | {exp['params']:,} | `lr=0.02` |") for line in lines)
+    assert any(line.startswith("| probe |") and f"`{exp['command']}`" in line for line in lines)

@@ -104,7 +104,8 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
             if row["typ"] == "baseline":
                 baseline = None if row["rev"] == "workspace" else dvc_repo.scm.resolve_rev(row["rev"])
                 continue
-            if row.get("State") != "Success" or baseline is None:
+            # A finished experiment is "Success" if it ran from the queue, None if it ran directly.
+            if row.get("State") not in (None, "Success") or baseline is None:
                 continue
             rev = dvc_repo.scm.resolve_rev(row["rev"])
             params = read_yaml(rev)
