@@ -20,35 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 
 import yaml
+from dvc.utils.flatten import flatten
 
-from .config import Yaml12Loader
+from . import cli
+from .config import ParamsError, Yaml12Loader
 from .io import write_json
 
 SEED_KEY = "train.seed"
 RECIPE_KEYS = ("model", "lr", "momentum", "schedule", "dropout", "augment")  # a variant's settings but its target
 
 
-class SearchError(Exception):
-    """No experiment to record: one line naming what to run."""
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+class SearchError(ParamsError):
+    """No experiment to record: one line naming what to run (a ParamsError, so cli.run prints it so)."""
 
 
 def overrides(params: dict, baseline: dict, variant: str) -> dict:
     """Flat key -> value of every param of train@<variant> (launch, train, variants.<variant>)
     that differs from the baseline's: what `-S` set for the stage."""
-    new, old = _flat(params), _flat(baseline)
+    new, old = flatten(params), flatten(baseline)
     own = ("launch.", "train.", f"variants.{variant}.")
     return {k: v for k, v in new.items() if k.startswith(own) and old.get(k, object()) != v}
 
@@ -97,12 +88,13 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
     def read_yaml(rev):  # YAML 1.2 like DVC, which writes `no` unquoted after -S
         return yaml.load(dvc.api.read("params.yaml", repo=repo, rev=rev), Loader=Yaml12Loader)
 
-    records, baseline = [], None
+    records, baseline, baseline_params = [], None, None
     with Repo(repo) as dvc_repo:
         rows = dvc.api.exp_show(repo=repo, num=num)
         for row in rows:
             if row["typ"] == "baseline":
                 baseline = None if row["rev"] == "workspace" else dvc_repo.scm.resolve_rev(row["rev"])
+                baseline_params = None  # read once, when its first experiment needs it
                 continue
             # A finished experiment is "Success" if it ran from the queue, None if it ran directly.
             if row.get("State") not in (None, "Success") or baseline is None:
@@ -118,10 +110,11 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
                 continue
             if not run.get("evaluated_on", "").startswith("holdout"):
                 continue
-            records.append(record(row["Experiment"] or rev[:7], rev, baseline, variant, params, read_yaml(baseline), run))
+            baseline_params = baseline_params or read_yaml(baseline)
+            records.append(record(row["Experiment"] or rev[:7], rev, baseline, variant, params, baseline_params, run))
     if not records:
         raise SearchError(f"no successful holdout experiment of train@{variant} in this clone; "
-                             f"queue them (sweeps/{variant}.sh) and run `dvc queue start`")
+                          f"queue them (sweeps/{variant}.sh) and run `dvc queue start`")
     records.sort(key=lambda r: r["experiment"])
     return {"variant": variant, "max_params": max_params,
             "rule": "candidates ranked by the mean of their seeds' final-epoch validation accuracy"
@@ -136,11 +129,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-params", type=int, help="the design's parameter budget; larger candidates are references")
     ap.add_argument("--out", required=True, help="the record's JSON file (metrics/search/<variant>.json)")
     args = ap.parse_args(argv)
-    try:
-        result = collect(args.variant, args.repo, max_params=args.max_params)
-    except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    result = collect(args.variant, args.repo, max_params=args.max_params)
     write_json(args.out, result)
     for c in result["candidates"]:
         print(f"{c['final_val_mean']:.2f} (min {c['final_val_min']:.2f}, seeds {c['seeds']}) "
@@ -148,4 +137,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
