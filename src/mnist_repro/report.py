@@ -165,8 +165,8 @@ def side_by_side(inputs: ReportInputs) -> str:
             # no published run, no published code to rerun: "–", not "not run"
             _pct(row["best_test"]["published_code"]) or ("not run" if row["best_test"]["published"] else None),
             _pct(row["best_test"]["ours"]) if seeds["n"] else inputs.how_to_run(name),
-            f"{seeds['best_test_mean']:.2f} ± {seeds['best_test_sd']:.3f} (n = {seeds['n']})" if seeds["n"]
-            else "– (n = 0)",
+            "– (n = 0)" if not seeds["n"] else f"{seeds['best_test_mean']:.2f} (n = 1)" if seeds["n"] == 1
+            else f"{seeds['best_test_mean']:.2f} ± {seeds['best_test_sd']:.3f} (n = {seeds['n']})",
             None if row["verdict"]["band"] is None else f"±{row['verdict']['band']:.2f}", row["verdict"]["published"],
             _pair(row["best_test_epoch"]["ours"], row["best_test_epoch"]["published"]),
             _pair(row["final_test"]["ours"], row["final_test"]["published"], _pct)])
@@ -200,6 +200,8 @@ def seeds_section(inputs: ReportInputs) -> list[str]:
     target = inputs.reference.target_acc
 
     def spread(d: dict) -> str:
+        if d["n"] == 1:
+            return f"{d['mean']:.2f} (one seed)"
         return f"{d['mean']:.2f} ± {d['sd']:.3f} ({d['min']:.2f} to {d['max']:.2f})"
 
     rows = []
@@ -211,7 +213,7 @@ def seeds_section(inputs: ReportInputs) -> list[str]:
         rows.append([name, s["n"], ", ".join(str(r["seed"]) for r in runs), spread(s["best_test"]),
                      spread(s["final_test"]), spread(s["best_train"]),
                      f"{sum(r['final_test_acc'] >= target for r in runs)} of {s['n']}"])
-    return ["Every run of each variant: mean ± sample SD (min to max). SD is 0 for a single seed.", "",
+    return ["Every run of each variant: mean ± sample SD (min to max); a single seed has no SD.", "",
             markdown_table(["Variant", "n", "Seeds", "Best test", "Final test", "Best train",
                             f"Final test ≥ {target:.2f}%"], rows, numeric={1})]
 

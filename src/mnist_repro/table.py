@@ -75,7 +75,9 @@ def table_row(runs: list[dict], published: PublishedRun | None, code: dict | Non
         "best_train": {"ours": ours.get("best_train_acc"), "published": _get(published, "best_train")},
         "final_test": {"ours": ours.get("final_test_acc"), "published": _get(published, "log_final_test")},
         "params": {"ours": ours.get("params"), "published": _get(published, "params")},
-        "seeds": {"n": len(runs), "best_test_mean": _round(best["mean"], 2), "best_test_sd": _round(best["sd"], 3),
+        # one seed has no spread to estimate: no SD in the table (the band's formula takes it as 0)
+        "seeds": {"n": len(runs), "best_test_mean": _round(best["mean"], 2),
+                  "best_test_sd": _round(best["sd"], 3) if len(runs) > 1 else None,
                   "final_test_mean": _round(final["mean"], 2), "final_test_min": final["min"],
                   "final_reach_99_4": sum(r["final_test_acc"] >= GOAL for r in runs) if runs else None},
         "verdict": {"band": None if noise is None else round(noise.half_width, 2), "published": verdict},
