@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # The under_5k search (README "An eighth variant"): each line queues one DVC
-# experiment of train@under_5k that trains on the first 55,000 training images and
-# scores on the last 5,000 (train.holdout), never on the test set. One thread per
+# experiment of train@under_5k that trains on the first 60,000 - N training images
+# and scores on the last N (train.holdout), never on the test set. One thread per
 # run so two queue workers share a 2-core machine. The rounds ran one after the
-# other, each planned on the scores before it. Run it from a commit whose params.yaml
-# has the search's baseline entry (cb34fcb: c8-8-10-12-14, lr 0.05, no dropout), then:
-#   dvc queue start -j 2; dvc queue status         # until every task is Success
+# other, each planned on the scores before it, each from its own baseline commit
+# (the params.yaml entry its overrides are against):
+#   rounds 1-3: cb34fcb (c8-8-10-12-14, lr 0.05, no dropout), N = 5,000
+#   round 4:    the commit that added the six-conv widths (c8-8-12-12-16, lr 0.05), N = 10,000
+# Check out a round's baseline, then:
+#   bash sweeps/under_5k.sh ROUND; dvc queue start -j 2; dvc queue status   # until every task is Success
 #   python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
 # which records every experiment, ranks the candidates and prints the ranking.
 set -euo pipefail
-q() { dvc exp run --queue train@under_5k -S train.holdout=5000 -S train.cpu_threads=1 "$@"; }
+round=${1:?usage: bash sweeps/under_5k.sh ROUND (1, 2, 3 or 4)}
+holdout=5000
+q() { dvc exp run --queue train@under_5k -S train.holdout=$holdout -S train.cpu_threads=1 "$@"; }
 
+case $round in
+1)
 # Round 1: three widths with a high OneCycle peak, and the middle one with lr_scheduler's own recipe.
 q -n u5k-c8-8-10-12-14-lr05   -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
 q -n u5k-c8-8-10-12-14-lr015  -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.015 -S variants.under_5k.dropout=0.03
 q -n u5k-c6-8-10-12-14-lr05   -S variants.under_5k.model=c6-8-10-12-14 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
 q -n u5k-c8-8-12-12-16-lr05   -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.05  -S variants.under_5k.dropout=0.0
-
+;;
+2)
 # Round 2: lr_scheduler itself on the same holdout (what does 99.4% on the test set
 # look like on these 5,000 images?), and the two better widths of round 1 under
 # lr_scheduler's recipe and at a middle peak.
@@ -24,9 +32,10 @@ q -n u5k-lr_scheduler-baseline -S variants.under_5k.model=lr_scheduler  -S varia
 q -n u5k-c8-8-12-12-16-lr015   -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.015 -S variants.under_5k.dropout=0.03
 q -n u5k-c8-8-12-12-16-lr03    -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.03  -S variants.under_5k.dropout=0.0
 q -n u5k-c8-8-10-12-14-lr03    -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.03  -S variants.under_5k.dropout=0.0
-
+;;
+3)
 # Round 3: single runs differ by about the validation set's own noise (binomial SE
-# 0.08 points on 5,000 images), so the two leaders get seeds 11 and 12, and the wider
+# 0.11 points on 5,000 images at 99.4%), so the two leaders get seeds 11 and 12, and the wider
 # one is tried without augmentation and at a higher peak.
 for seed in 11 12; do   # not 2-5: train.seed 2-5 would collide with the seed@ stages' outputs
   q -n u5k-c8-8-10-12-14-lr015-s$seed -S train.seed=$seed -S variants.under_5k.model=c8-8-10-12-14 -S variants.under_5k.lr=0.015 -S variants.under_5k.dropout=0.03
@@ -34,3 +43,24 @@ for seed in 11 12; do   # not 2-5: train.seed 2-5 would collide with the seed@ s
 done
 q -n u5k-c8-8-12-12-16-lr05-noaug -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.05 -S variants.under_5k.dropout=0.0 -S variants.under_5k.augment=false
 q -n u5k-c8-8-12-12-16-lr1        -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.1  -S variants.under_5k.dropout=0.0
+;;
+4)
+# Round 4: the round-3 choice met the mean criterion on the test set but not the
+# other (3 of 5 seeds at 99.40% on the final epoch, 4 required). The test set
+# decided only that the search goes on; this round chooses on validation again.
+# Runs on 5,000 images differed by about that split's binomial SE (0.11 points), so
+# it scores on the last 10,000 (0.08 a run) and averages three seeds per
+# candidate (1, 11 and 12): the round-3 choice, and six convs (a 22 px
+# receptive field, GAP over 4x4) at three widths. lr_scheduler on one seed shows
+# what its 99.4% test accuracy reads on this split.
+holdout=10000
+for seed in 1 11 12; do
+  q -n u5k4-c8-8-12-12-16-s$seed    -S train.seed=$seed -S variants.under_5k.model=c8-8-12-12-16
+  q -n u5k4-c6-8-10-10-12-14-s$seed -S train.seed=$seed -S variants.under_5k.model=c6-8-10-10-12-14
+  q -n u5k4-c8-8-8-10-12-14-s$seed  -S train.seed=$seed -S variants.under_5k.model=c8-8-8-10-12-14
+  q -n u5k4-c6-8-8-10-12-14-s$seed  -S train.seed=$seed -S variants.under_5k.model=c6-8-8-10-12-14
+done
+q -n u5k4-lr_scheduler -S variants.under_5k.model=lr_scheduler -S variants.under_5k.lr=0.015 -S variants.under_5k.momentum=0.7 -S variants.under_5k.dropout=0.03
+;;
+*) echo "sweeps/under_5k.sh: no round $round; rounds are 1-4" >&2; exit 2 ;;
+esac

@@ -24,7 +24,8 @@ OUR_PARAMS = {
     "under_5k": 4_808,
 }
 # Every width the under_5k search tried (models.COMPACT_WIDTHS), as its record names them.
-COMPACT_PARAMS = {"c6-8-10-12-14": 4_038, "c8-8-10-12-14": 4_204, "c8-8-12-12-16": 4_808}
+COMPACT_PARAMS = {"c6-8-10-12-14": 4_038, "c8-8-10-12-14": 4_204, "c8-8-12-12-16": 4_808,
+                  "c6-8-8-10-12-14": 4_630, "c8-8-8-10-12-14": 4_796, "c6-8-10-10-12-14": 4_958}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,15 @@ def test_every_compact_width_builds_under_5k_parameters():
     from mnist_repro.models import MODELS
     built = {name: count_parameters(build_model(name)) for name in MODELS if name.startswith("c")}
     assert built == COMPACT_PARAMS
+
+
+def test_compact_maps_shrink_by_two_per_conv_after_the_pool():
+    from mnist_repro.models import compact
+    five, six = compact((8, 8, 12, 12, 16), 0.0), compact((6, 8, 10, 10, 12, 14), 0.0)
+    assert (five[-3].kernel_size, six[-3].kernel_size) == (6, 4)  # the GAP covers the whole last map
+    assert six(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="three or more after"):
+        compact((8, 8, 12, 16), 0.0)
 
 
 @pytest.mark.parametrize("name", [*PUBLISHED_PARAMS, *OUR_PARAMS])
@@ -171,7 +181,7 @@ def test_dropout_gradient_flows_through_kept_units_only():
 BUILT_AS_COMMITTED = {
     "basic_setup": "3981d85b0fc23b9c", "skeleton": "7cac8f4ce1eeceba", "batch_norm": "c6c3dd924601ebba",
     "dropout": "0b433e37a77c77db", "fc_after_gap": "dec98d11a5fc5082", "augmentation": "dec98d11a5fc5082",
-    "lr_scheduler": "f0aa6ffa21e83ae0",
+    "lr_scheduler": "f0aa6ffa21e83ae0", "under_5k": "5e18a4c33b090277",
 }
 
 

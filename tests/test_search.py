@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from conftest import DVC, sh
 
@@ -14,10 +15,10 @@ from mnist_repro.report import search_section
 from mnist_repro.search import overrides, rank
 
 
-def run(name, seed, final, params=4204, **changed):
+def run(name, seed, final, params=4204, holdout=500, **changed):
     return {"experiment": name, "seed": seed, "model": changed.get("variants.v.model", "m"), "params": params,
             "recipe": {"model": changed.get("variants.v.model", "m")}, "final_val_acc": final,
-            "overrides": {"train.holdout": 500, "train.seed": seed, **changed}}
+            "validation_images": holdout, "overrides": {"train.holdout": holdout, "train.seed": seed, **changed}}
 
 
 def test_overrides_are_the_stage_params_that_differ_from_the_baseline():
@@ -38,6 +39,15 @@ def test_candidates_pool_their_seeds_and_rank_by_mean_final_validation_accuracy(
     assert ranked[1]["seeds"] == [1, 2] and ranked[1]["final_val_mean"] == 99.2 and ranked[1]["final_val_min"] == 99.1
     assert [c["within_budget"] for c in ranked] == [True, True, False]  # over budget: a reference, listed last
     assert "train.seed" not in ranked[1]["overrides"]
+
+
+def test_candidates_rank_within_their_split_the_largest_first():
+    # 99.50 on 500 images and 99.30 on 1,000 are scores on different images: the larger split decides.
+    records = [run("small", 1, 99.50), run("large", 1, 99.30, holdout=1000),
+               run("large-b", 1, 99.34, holdout=1000, **{"variants.v.model": "b"})]
+    ranked = rank(records, max_params=5000)
+    assert [(c["experiments"], c["validation_images"]) for c in ranked] == [
+        (["large-b"], 1000), (["large"], 1000), (["small"], 500)]
 
 
 def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, copy_finished_pipeline, tmp_path):
@@ -81,5 +91,12 @@ def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, co
     section = search_section("under_5k", record, load_params(work / "params.yaml"))
     assert "`params.yaml` has candidate 1." in section[0]
     lines = "\n".join(section).splitlines()
-    assert any(line.startswith(f"| 1 (chosen) | {exp['model']} | {exp['params']:,} | `lr=0.02` |") for line in lines)
+    assert any(line.startswith(f"| 1 (chosen) | {exp['model']} | {exp['params']:,} | `lr=0.02` | 100 |")
+               for line in lines)
     assert any(line.startswith("| probe |") and f"`{exp['command']}`" in line for line in lines)
+
+
+def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
+    from mnist_repro.search import SearchError, collect
+    with pytest.raises(SearchError, match="is not a DVC project; run this from the project's root or pass --repo"):
+        collect("under_5k", repo=str(tmp_path))

@@ -396,24 +396,25 @@ def search_section(name: str, record: dict, params: Params) -> list[str]:
     which candidate params.yaml's entry for the variant is (its recipe, compared key by key)."""
     exps = record["experiments"]
     recipe = {k: getattr(params.variants[name], k) for k in record["candidates"][0]["recipe"]}
-    chosen = [i for i, c in enumerate(record["candidates"]) if c["recipe"] == recipe]
+    # the first match: a recipe scored on several splits is chosen on the largest, ranked first
+    chosen = next((i for i, c in enumerate(record["candidates"]) if c["recipe"] == recipe), None)
     trained = " or ".join(f"{n:,}" for n in sorted({e["train_images"] for e in exps}))
     held = " or ".join(f"{n:,}" for n in sorted({e["validation_images"] for e in exps}))
     lines = [f"{len(exps)} experiments of `train@{name}`, each trained on {trained} "
              f"training images and scored on the last {held} (`train.holdout`), "
              f"never on the test set. Rule: {record['rule']}. "
-             + (f"`params.yaml` has candidate {chosen[0] + 1}." if chosen else
+             + (f"`params.yaml` has candidate {chosen + 1}." if chosen is not None else
                 "`params.yaml`'s entry matches no candidate: rerun the search or set one of them."),
              ""]
     rows = []
     for i, c in enumerate(record["candidates"], 1):
         changed = ", ".join(f"`{k.removeprefix(f'variants.{name}.')}={v}`" for k, v in c["overrides"].items()
                             if k not in SEARCH_FIXED) or "(the baseline's entry)"
-        rank = f"{i}{' (chosen)' if i - 1 in chosen else ''}" if c.get("within_budget", True) else "reference"
-        rows.append([rank, c["model"], f"{c['params']:,}", changed,
+        rank = f"{i}{' (chosen)' if i - 1 == chosen else ''}" if c.get("within_budget", True) else "reference"
+        rows.append([rank, c["model"], f"{c['params']:,}", changed, f"{c['validation_images']:,}",
                      ", ".join(map(str, c["seeds"])), f"{c['final_val_mean']:.2f}", f"{c['final_val_min']:.2f}"])
-    lines += [markdown_table(["Rank", "Model", "Params", "Overrides", "Seeds", "Final val. mean", "Final val. min"],
-                             rows, numeric={2, 5, 6}), ""]
+    lines += [markdown_table(["Rank", "Model", "Params", "Overrides", "Val. images", "Seeds", "Final val. mean",
+                              "Final val. min"], rows, numeric={2, 4, 6, 7}), ""]
     lines += ["Every experiment (final and best validation accuracy, best epoch), with the command that ran it "
               "on its baseline commit:", ""]
     lines += [markdown_table(["Experiment", "Baseline", "Final val.", "Best val. (epoch)", "Command"],

@@ -12,7 +12,10 @@ Every experiment of the variant evaluated on a holdout is listed with the exact
 `-S` overrides that made it (its params.yaml against its baseline commit's).
 Candidates (same overrides but the seed) are ranked by the mean of their seeds'
 *final*-epoch validation accuracy: the final epoch is what a user of the recipe
-gets, and the best epoch would be chosen on the data it is scored on.
+gets, and the best epoch would be chosen on the data it is scored on. Scores on
+different splits do not compare (a different holdout is other images), so the
+candidates are ranked within their split, the largest split first: a search that
+outgrows its split's resolution goes on with a larger one, and that one decides.
 """
 
 from __future__ import annotations
@@ -63,33 +66,40 @@ def record(name: str, rev: str, baseline_rev: str, variant: str, params: dict, b
 
 
 def rank(records: list[dict], max_params: int | None = None) -> list[dict]:
-    """Candidates (records equal but for the seed), best mean final validation accuracy first;
-    those over max_params (a reference point, such as the published model) after the rest."""
+    """Candidates (records equal but for the seed), the largest validation split first and within it
+    the best mean final validation accuracy; those over max_params (a reference point, such as the
+    published model) after the rest."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         key = json.dumps({k: v for k, v in r["overrides"].items() if k != SEED_KEY}, sort_keys=True)
         groups.setdefault(key, []).append(r)
     ranked = [{"overrides": json.loads(k), "recipe": rs[0]["recipe"], "model": rs[0]["model"],
-               "params": rs[0]["params"],
+               "params": rs[0]["params"], "validation_images": rs[0]["validation_images"],
                "seeds": sorted(r["seed"] for r in rs),
                "final_val_mean": round(statistics.fmean(r["final_val_acc"] for r in rs), 3),
                "final_val_min": min(r["final_val_acc"] for r in rs),
                "experiments": [r["experiment"] for r in rs],
                "within_budget": max_params is None or rs[0]["params"] <= max_params}
               for k, rs in groups.items()]
-    return sorted(ranked, key=lambda c: (not c["within_budget"], -c["final_val_mean"], c["params"]))
+    return sorted(ranked, key=lambda c: (not c["within_budget"], -c["validation_images"], -c["final_val_mean"],
+                                         c["params"]))
 
 
 def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | None = None) -> dict:
     """Every successful holdout experiment of train@<variant> among the last `num` commits' experiments."""
     import dvc.api
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     def read_yaml(rev):  # YAML 1.2 like DVC, which writes `no` unquoted after -S
         return yaml.load(dvc.api.read("params.yaml", repo=repo, rev=rev), Loader=Yaml12Loader)
 
     records, baseline, baseline_params = [], None, None
-    with Repo(repo) as dvc_repo:
+    try:
+        dvc_repo = Repo(repo)
+    except NotDvcRepoError:
+        raise SearchError(f"{repo} is not a DVC project; run this from the project's root or pass --repo") from None
+    with dvc_repo:
         rows = dvc.api.exp_show(repo=repo, num=num)
         for row in rows:
             if row["typ"] == "baseline":
@@ -117,7 +127,8 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
                           f"queue them (sweeps/{variant}.sh) and run `dvc queue start`")
     records.sort(key=lambda r: r["experiment"])
     return {"variant": variant, "max_params": max_params,
-            "rule": "candidates ranked by the mean of their seeds' final-epoch validation accuracy"
+            "rule": "candidates ranked within their validation split, the largest split first, by the mean of "
+                    "their seeds' final-epoch validation accuracy"
                     + (f"; those over {max_params:,} parameters are reference points, listed last" if max_params else ""),
             "candidates": rank(records, max_params), "experiments": records}
 
@@ -132,7 +143,8 @@ def main(argv=None) -> None:
     result = collect(args.variant, args.repo, max_params=args.max_params)
     write_json(args.out, result)
     for c in result["candidates"]:
-        print(f"{c['final_val_mean']:.2f} (min {c['final_val_min']:.2f}, seeds {c['seeds']}) "
+        print(f"{c['final_val_mean']:.2f} on {c['validation_images']:,} (min {c['final_val_min']:.2f}, "
+              f"seeds {c['seeds']}) "
               f"{c['model']} {c['params']} params: {c['overrides']}")
 
 
