@@ -412,7 +412,7 @@ def search_section(name: str, record: dict, params: Params) -> list[str]:
                             if k not in SEARCH_FIXED) or "(the baseline's entry)"
         rank = f"{i}{' (chosen)' if i - 1 == chosen else ''}" if c.get("within_budget", True) else "reference"
         rows.append([rank, c["model"], f"{c['params']:,}", changed, f"{c['validation_images']:,}",
-                     ", ".join(map(str, c["seeds"])), f"{c['final_val_mean']:.2f}", f"{c['final_val_min']:.2f}"])
+                     ", ".join(map(str, c["seeds"])), f"{c['final_val_mean']:.3f}", f"{c['final_val_min']:.2f}"])
     lines += [markdown_table(["Rank", "Model", "Params", "Overrides", "Val. images", "Seeds", "Final val. mean",
                               "Final val. min"], rows, numeric={2, 4, 6, 7}), ""]
     lines += ["Every experiment (final and best validation accuracy, best epoch), with the command that ran it "
