@@ -6,7 +6,7 @@
 # other, each planned on the scores before it, each from its own baseline commit
 # (the params.yaml entry its overrides are against):
 #   rounds 1-3: cb34fcb (c8-8-10-12-14, lr 0.05, no dropout), N = 5,000
-#   round 4:    the commit that added the six-conv widths (c8-8-12-12-16, lr 0.05), N = 10,000
+#   round 4:    6dc557d, with the six-conv widths (c8-8-12-12-16, lr 0.05), N = 10,000
 # Check out a round's baseline, then:
 #   bash sweeps/under_5k.sh ROUND; dvc queue start -j 2; dvc queue status   # until every task is Success
 #   python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
