@@ -139,7 +139,8 @@ def test_int_is_accepted_where_float_is_expected(raw):
     assert parse_params(ok).variant("skeleton").lr == 1.0
 
 
-@pytest.mark.parametrize("key,value", [("lr", 0.0), ("momentum", 1.0), ("dropout", -0.1)])
+@pytest.mark.parametrize("key,value", [("lr", 0.0), ("momentum", 1.0), ("dropout", -0.1),
+                                       ("weight_decay", -1e-4), ("weight_decay", 0.5)])
 def test_out_of_range_variant_values(raw, key, value):
     msg = rejected(raw, lambda r: r["variants"]["dropout"].update({key: value}))
     assert msg.startswith(f"variants.dropout.{key}:")

@@ -417,3 +417,27 @@ def test_the_counter_sees_a_progress_bar_refreshed_every_step(setup, monkeypatch
     monkeypatch.setattr(train, "LOG_EVERY", 1)
     short, long = epoch_host_reads(setup, 3), epoch_host_reads(setup, 6)
     assert long["item"] - short["item"] >= 6 - 3  # at least one read per extra step
+
+
+def test_no_weight_decay_is_the_published_optimiser_step_for_step(repo_root):
+    """weight_decay 0 (every published variant) trains exactly as torch.optim.SGD(lr, momentum) did
+    before the key existed, so stages recorded under the old code stay valid (README "Add a variant");
+    a non-zero value changes the steps."""
+    variant = load_params(repo_root / "params.yaml").variant("lr_scheduler")
+    assert variant.weight_decay == 0
+
+    def weights_after_steps(make_optimizer):
+        torch.manual_seed(0)
+        model = build_model(variant.model, variant.dropout)
+        optimizer = make_optimizer(model)
+        x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.nll_loss(model(x), y).backward()
+            optimizer.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    published = weights_after_steps(lambda m: torch.optim.SGD(m.parameters(), lr=variant.lr, momentum=variant.momentum))
+    assert torch.equal(weights_after_steps(lambda m: train.build_optimizer(m, variant)), published)
+    decayed = dataclasses.replace(variant, weight_decay=5e-4)
+    assert not torch.equal(weights_after_steps(lambda m: train.build_optimizer(m, decayed)), published)

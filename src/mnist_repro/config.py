@@ -132,6 +132,7 @@ class VariantConfig:
     model: str
     lr: float
     momentum: float
+    weight_decay: float  # SGD's L2 penalty per step, times lr; 0 = as published
     schedule: str
     dropout: float
     augment: bool
@@ -198,6 +199,9 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
         raise ParamsError(f"{path}.momentum: must be in [0, 1), got {variant.momentum}")
     if not 0 <= variant.dropout < 1:
         raise ParamsError(f"{path}.dropout: must be in [0, 1), got {variant.dropout}")
+    if not 0 <= variant.weight_decay < 0.1:
+        raise ParamsError(f"{path}.weight_decay: must be in [0, 0.1) (0 = none, as published; "
+                          f"5e-4 is a common value), got {variant.weight_decay}")
     return variant
 
 

@@ -32,7 +32,9 @@ from .config import ParamsError, Yaml12Loader
 from .io import write_json
 
 SEED_KEY = "train.seed"
-RECIPE_KEYS = ("model", "lr", "momentum", "schedule", "dropout", "augment")  # a variant's settings but its target
+RECIPE_KEYS = ("model", "lr", "momentum", "weight_decay", "schedule", "dropout", "augment")  # a variant's settings but its target
+# Keys added after the search began, and what experiments from before them ran with.
+ADDED_KEYS = {"weight_decay": 0.0}
 
 
 class SearchError(ParamsError):
@@ -57,7 +59,7 @@ def record(name: str, rev: str, baseline_rev: str, variant: str, params: dict, b
                                                            for k, v in changed.items()),
         "overrides": changed,
         "seed": run["seed"], "model": params["variants"][variant]["model"], "params": run["params"],
-        "recipe": {k: v for k, v in params["variants"][variant].items() if k in RECIPE_KEYS},
+        "recipe": {k: v for k, v in {**ADDED_KEYS, **params["variants"][variant]}.items() if k in RECIPE_KEYS},
         "validation_images": run["test_images"], "train_images": run["train_images"],
         "final_val_acc": run["final_test_acc"], "best_val_acc": run["best_test_acc"],
         "best_val_epoch": run["best_test_epoch"], "final_train_acc": run["final_train_acc"],

@@ -259,7 +259,9 @@ def evaluate(model, data: Dataset, cfg: TrainConfig, accelerator: Accelerator) -
 
 
 def build_optimizer(model, variant: VariantConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum)
+    # weight_decay=0 takes torch's no-decay branch: the published optimiser, step for step
+    return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum,
+                           weight_decay=variant.weight_decay)
 
 
 def build_scheduler(optimizer, variant: VariantConfig, epochs: int, steps: int):
