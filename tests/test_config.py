@@ -140,10 +140,15 @@ def test_int_is_accepted_where_float_is_expected(raw):
 
 
 @pytest.mark.parametrize("key,value", [("lr", 0.0), ("momentum", 1.0), ("dropout", -0.1),
-                                       ("weight_decay", -1e-4), ("weight_decay", 0.5)])
+                                       ("weight_decay", -1e-4), ("weight_decay", 0.5), ("optimizer", "lbfgs")])
 def test_out_of_range_variant_values(raw, key, value):
     msg = rejected(raw, lambda r: r["variants"]["dropout"].update({key: value}))
     assert msg.startswith(f"variants.dropout.{key}:")
+
+
+def test_nesterov_needs_momentum(raw):
+    msg = rejected(raw, lambda r: r["variants"]["dropout"].update(optimizer="nesterov", momentum=0.0))
+    assert msg.startswith("variants.dropout.momentum:") and "Nesterov" in msg
 
 
 @pytest.mark.parametrize("seeds,expected", [([1, 2], "must exclude train.seed"), ([2, 2], "lists a seed twice"),

@@ -23,9 +23,10 @@ PUBLISHED_PARAMS = {
 OUR_PARAMS = {
     "under_5k": 4_808,
 }
-# Every width the under_5k search tried (models.COMPACT_WIDTHS), as its record names them.
+# Every width the under_5k search tried (models.COMPACT_WIDTHS, SEPARABLE_WIDTHS), as its record names them.
 COMPACT_PARAMS = {"c6-8-10-12-14": 4_038, "c8-8-10-12-14": 4_204, "c8-8-12-12-16": 4_808,
                   "c6-8-8-10-12-14": 4_630, "c8-8-8-10-12-14": 4_796, "c6-8-10-10-12-14": 4_958}
+SEPARABLE_PARAMS = {"s16-16-32-32-32": 4_400, "s16-24-32-32-32": 4_872, "s16-16-24-24-32-32": 4_768}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,21 @@ def test_parameter_count_of_our_variants(variants, name):
     assert count_parameters(build_model(v.model, v.dropout)) == OUR_PARAMS[name] <= 5_000
 
 
-def test_every_compact_width_builds_under_5k_parameters():
+def test_every_searched_width_builds_under_5k_parameters():
     from mnist_repro.models import MODELS
-    built = {name: count_parameters(build_model(name)) for name in MODELS if name.startswith("c")}
-    assert built == COMPACT_PARAMS
+    built = {name: count_parameters(build_model(name)) for name in MODELS if name[0] in "cs" and name != "skeleton"}
+    assert built == {**COMPACT_PARAMS, **SEPARABLE_PARAMS}
+
+
+def test_separable_splits_each_3x3_after_the_first_into_depthwise_and_1x1():
+    from mnist_repro.models import separable
+    model = separable((16, 16, 32, 32, 32), 0.0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # the first conv, then (depthwise 3x3, 1x1) per further conv, then the "FC"
+    assert [(c.kernel_size[0], c.groups) for c in convs] == [(3, 1)] + [(3, 16), (1, 1)] * 2 + [(3, 32), (1, 1)] * 2 + [(1, 1)]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="three or more after"):
+        separable((16, 16, 32, 32), 0.0)
 
 
 def test_compact_maps_shrink_by_two_per_conv_after_the_pool():

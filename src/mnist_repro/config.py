@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 SCHEDULES = ("constant", "one_cycle")
+OPTIMIZERS = ("sgd", "nesterov", "adam")  # SGD as published, its Nesterov form, Adam with beta1 = momentum
 
 
 class ParamsError(ValueError):
@@ -130,6 +131,7 @@ class TrainConfig:
 class VariantConfig:
     name: str
     model: str
+    optimizer: str
     lr: float
     momentum: float
     weight_decay: float  # SGD's L2 penalty per step, times lr; 0 = as published
@@ -193,6 +195,10 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
         raise ParamsError(f"{path}.model: unknown model {variant.model!r}; choose one of {', '.join(MODELS)}")
     if variant.schedule not in SCHEDULES:
         raise ParamsError(f"{path}.schedule: unknown schedule {variant.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if variant.optimizer not in OPTIMIZERS:
+        raise ParamsError(f"{path}.optimizer: unknown optimizer {variant.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if variant.optimizer == "nesterov" and variant.momentum == 0:
+        raise ParamsError(f"{path}.momentum: Nesterov SGD needs momentum > 0; raise it or use optimizer sgd")
     if variant.lr <= 0:
         raise ParamsError(f"{path}.lr: must be positive, got {variant.lr}")
     if not 0 <= variant.momentum < 1:

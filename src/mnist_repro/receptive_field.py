@@ -68,7 +68,8 @@ def _spatial_op(module: nn.Module):
         conv, post = module[0], [_post_op_name(m) for m in list(module)[1:]]  # a conv block
     if isinstance(conv, nn.Conv2d):
         k = _square(conv.kernel_size, "kernel_size")
-        desc = f"Conv2d {k}x{k}" + (" + " + ", ".join(post) if post else "")
+        desc = (f"Conv2d {k}x{k}" + (" depthwise" if conv.groups > 1 and conv.groups == conv.in_channels else "")
+                + (" + " + ", ".join(post) if post else ""))
         return desc, k, _square(conv.stride, "stride"), _square(conv.padding, "padding"), _square(conv.dilation, "dilation")
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         if getattr(module, "ceil_mode", False):

@@ -32,9 +32,9 @@ from .config import ParamsError, Yaml12Loader
 from .io import write_json
 
 SEED_KEY = "train.seed"
-RECIPE_KEYS = ("model", "lr", "momentum", "weight_decay", "schedule", "dropout", "augment")  # a variant's settings but its target
+RECIPE_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "dropout", "augment")  # a variant's settings but its target
 # Keys added after the search began, and what experiments from before them ran with.
-ADDED_KEYS = {"weight_decay": 0.0}
+ADDED_KEYS = {"optimizer": "sgd", "weight_decay": 0.0}
 
 
 class SearchError(ParamsError):

@@ -259,9 +259,14 @@ def evaluate(model, data: Dataset, cfg: TrainConfig, accelerator: Accelerator) -
 
 
 def build_optimizer(model, variant: VariantConfig) -> torch.optim.Optimizer:
-    # weight_decay=0 takes torch's no-decay branch: the published optimiser, step for step
+    """SGD as published (optimizer sgd, weight_decay 0: torch's plain branch, the published
+    steps bit for bit), its Nesterov form, or Adam with beta1 = momentum; under OneCycleLR
+    either's momentum (SGD's, Adam's beta1) follows the cycle's 0.85-0.95."""
+    if variant.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=variant.lr, betas=(variant.momentum, 0.999),
+                                weight_decay=variant.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum,
-                           weight_decay=variant.weight_decay)
+                           weight_decay=variant.weight_decay, nesterov=variant.optimizer == "nesterov")
 
 
 def build_scheduler(optimizer, variant: VariantConfig, epochs: int, steps: int):
