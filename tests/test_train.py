@@ -442,3 +442,18 @@ def test_no_weight_decay_is_the_published_optimiser_step_for_step(repo_root):
     for change in ({"weight_decay": 5e-4}, {"optimizer": "nesterov"}, {"optimizer": "adam"}):
         other = dataclasses.replace(variant, **change)
         assert not torch.equal(weights_after_steps(lambda m: train.build_optimizer(m, other)), published), change
+
+
+def test_one_cycle_cycles_adams_beta1_as_it_cycles_sgds_momentum(repo_root):
+    """Under OneCycleLR, Adam's beta1 plays SGD momentum's part: 0.95 at the start, 0.85 at the peak."""
+    variant = dataclasses.replace(load_params(repo_root / "params.yaml").variant("lr_scheduler"),
+                                  optimizer="adam", lr=0.01, momentum=0.9)
+    optimizer = train.build_optimizer(torch.nn.Linear(2, 2), variant)
+    scheduler = train.build_scheduler(optimizer, variant, epochs=1, steps=10)
+    beta1 = []
+    for _ in range(10):
+        beta1.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        scheduler.step()
+    assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85)
+    assert optimizer.param_groups[0]["betas"][1] == 0.999
