@@ -7,9 +7,9 @@
 # (the params.yaml entry its overrides are against):
 #   rounds 1-3: cb34fcb (c8-8-10-12-14, lr 0.05, no dropout), N = 5,000
 #   round 4:    6dc557d, with the six-conv widths (c8-8-12-12-16, lr 0.05), N = 10,000
-#   round 7:    the commit that added variants.<name>.weight_decay, N = 10,000
-#   round 8:    the commit that added variants.<name>.optimizer and models.separable, N = 10,000
-#   round 9:    the commit that added this round, N = 10,000
+#   round 7:    8cba6ac (weight_decay added, c8-8-12-12-16 under SGD), N = 10,000
+#   round 8:    5c47489 (optimizer and models.separable added), N = 10,000
+#   round 9:    85b06a6, N = 10,000; the rule chose its Adam 0.02 candidate (ad59c00)
 # Rounds 5 and 6 (augmentation strength, padded first convs) ran on the branches
 # augment-scale and padded, whose records are there; neither changed the choice.
 # Check out a round's baseline, then:
