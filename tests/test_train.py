@@ -424,7 +424,7 @@ def test_no_weight_decay_is_the_published_optimiser_step_for_step(repo_root):
     torch.optim.SGD(lr, momentum) did before those keys existed, so stages recorded under the
     old code stay valid (README "Add a variant"); any other setting changes the steps."""
     variant = load_params(repo_root / "params.yaml").variant("lr_scheduler")
-    assert variant.weight_decay == 0
+    assert (variant.optimizer, variant.weight_decay) == ("sgd", 0)
 
     def weights_after_steps(make_optimizer):
         torch.manual_seed(0)

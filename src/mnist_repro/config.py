@@ -134,7 +134,7 @@ class VariantConfig:
     optimizer: str
     lr: float
     momentum: float
-    weight_decay: float  # SGD's L2 penalty per step, times lr; 0 = as published
+    weight_decay: float  # L2 penalty added to the gradient (SGD or Adam); 0 = as published
     schedule: str
     dropout: float
     augment: bool
