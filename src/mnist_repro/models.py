@@ -134,6 +134,21 @@ def lr_scheduler(dropout: float) -> nn.Sequential:
     )
 
 
+def _two_pool_rest_gap(family: str, widths: tuple[int, ...], first, further) -> nn.Sequential:
+    """The layout compact and separable share: two convs, max-pool, three or more convs,
+    GAP, one 1x1 "FC". ``first(c_in, c_out)`` builds the first conv and ``further`` each
+    later one, as lists of top-level blocks (the layer table gives each block a row)."""
+    if len(widths) < 5:
+        raise ValueError(f"{family} widths {widths}: need two convs before the pool and three or more after")
+    side = 12 - 2 * len(widths[2:])                               # 28 -> 24, pooled to 12, -2 per conv
+    return nn.Sequential(
+        *first(1, widths[0]), *further(*widths[:2]), nn.MaxPool2d(2, 2),
+        *[block for c_in, c_out in zip(widths[1:], widths[2:]) for block in further(c_in, c_out)],
+        nn.AvgPool2d(side), ConvBlock(widths[-1], 10, 1),        # GAP, then the "FC"
+        LogSoftmaxHead(),
+    )
+
+
 def compact(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     """lr_scheduler's layout without its 1x1 transition and second FC: two 3x3 convs,
     max-pool, three or more 3x3 convs, GAP, one 1x1 "FC". With three convs after the
@@ -141,20 +156,10 @@ def compact(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     further one adds 4 px and shrinks the map GAP averages by 2. The 10-class head
     reads the last conv's channels directly, so the parameters go into the convs.
     ``widths`` are the convs' output channels; the name ``c8-8-10-12-14`` spells them."""
-    if len(widths) < 5:
-        raise ValueError(f"compact widths {widths}: need two convs before the pool and three or more after")
-
     def conv(c_in, c_out):
-        return ConvBlock(c_in, c_out, 3, "RBD", dropout=dropout)
+        return [ConvBlock(c_in, c_out, 3, "RBD", dropout=dropout)]
 
-    before, after = widths[:2], widths[2:]
-    side = 12 - 2 * len(after)                                    # 28 -> 24, pooled to 12, -2 per conv
-    return nn.Sequential(
-        conv(1, before[0]), conv(*before), nn.MaxPool2d(2, 2),
-        *[conv(c_in, c_out) for c_in, c_out in zip(widths[1:], after)],
-        nn.AvgPool2d(side), ConvBlock(widths[-1], 10, 1),        # GAP, then the "FC"
-        LogSoftmaxHead(),
-    )
+    return _two_pool_rest_gap("compact", widths, conv, conv)
 
 
 def separable(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -162,19 +167,13 @@ def separable(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     (depthwise) 3x3 and a 1x1 across channels, with no post-op between them (Xception):
     a 3x3 conv from 16 to 32 channels costs 4,608 weights, split 656, so the budget
     buys about twice compact's widths. The name ``s16-16-32-32-32`` spells the widths."""
-    if len(widths) < 5:
-        raise ValueError(f"separable widths {widths}: need two convs before the pool and three or more after")
+    def conv(c_in, c_out):
+        return [ConvBlock(c_in, c_out, 3, "RBD", dropout=dropout)]
 
-    def sep(c_in, c_out):  # two top-level blocks, so the layer table has a row for each
+    def split(c_in, c_out):
         return [ConvBlock(c_in, c_in, 3, groups=c_in), ConvBlock(c_in, c_out, 1, "RBD", dropout=dropout)]
 
-    side = 12 - 2 * len(widths[2:])
-    return nn.Sequential(
-        ConvBlock(1, widths[0], 3, "RBD", dropout=dropout), *sep(*widths[:2]), nn.MaxPool2d(2, 2),
-        *[block for c_in, c_out in zip(widths[1:], widths[2:]) for block in sep(c_in, c_out)],
-        nn.AvgPool2d(side), ConvBlock(widths[-1], 10, 1),
-        LogSoftmaxHead(),
-    )
+    return _two_pool_rest_gap("separable", widths, conv, split)
 
 
 # The widths the under_5k search tried (README "An eighth variant"); each stays
@@ -184,6 +183,10 @@ COMPACT_WIDTHS = [(6, 8, 10, 12, 14), (8, 8, 10, 12, 14), (8, 8, 12, 12, 16),
                   (6, 8, 8, 10, 12, 14), (8, 8, 8, 10, 12, 14), (6, 8, 10, 10, 12, 14)]
 # Round 8 tried depthwise-separable convs at about twice those widths.
 SEPARABLE_WIDTHS = [(16, 16, 32, 32, 32), (16, 24, 32, 32, 32), (16, 16, 24, 24, 32, 32)]
+# Every searched design by the name its experiments used: the family's letter, then the widths.
+SEARCHED = {letter + "-".join(map(str, w)): functools.partial(family, w)
+            for letter, family, all_widths in (("c", compact, COMPACT_WIDTHS), ("s", separable, SEPARABLE_WIDTHS))
+            for w in all_widths}
 
 
 MODELS = {
@@ -193,8 +196,7 @@ MODELS = {
     "dropout": dropout,
     "fc_after_gap": fc_after_gap,
     "lr_scheduler": lr_scheduler,
-    **{"c" + "-".join(map(str, w)): functools.partial(compact, w) for w in COMPACT_WIDTHS},
-    **{"s" + "-".join(map(str, w)): functools.partial(separable, w) for w in SEPARABLE_WIDTHS},
+    **SEARCHED,
 }
 
 

@@ -21,6 +21,7 @@ outgrows its split's resolution goes on with a larger one, and that one decides.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 
@@ -28,11 +29,12 @@ import yaml
 from dvc.utils.flatten import flatten
 
 from . import cli
-from .config import ParamsError, Yaml12Loader
+from .config import ParamsError, VariantConfig, Yaml12Loader
 from .io import write_json
 
 SEED_KEY = "train.seed"
-RECIPE_KEYS = ("model", "optimizer", "lr", "momentum", "weight_decay", "schedule", "dropout", "augment")  # a variant's settings but its target
+# A variant's settings: every params.yaml key of it but its description.
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(VariantConfig) if f.name not in ("name", "target"))
 # Keys added after the search began, and what experiments from before them ran with.
 ADDED_KEYS = {"optimizer": "sgd", "weight_decay": 0.0}
 
