@@ -7,7 +7,7 @@ import argparse
 from mnist_repro import cli
 from mnist_repro.benchmark import run_benchmark
 from mnist_repro.config import load_params
-from mnist_repro.io import write_json
+from mnist_repro.files import write_json
 from mnist_repro.train import make_accelerator
 
 

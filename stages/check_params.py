@@ -13,7 +13,7 @@ import argparse
 
 from mnist_repro import cli
 from mnist_repro.config import load_params
-from mnist_repro.io import write_text
+from mnist_repro.files import write_text
 
 STAMP = "params.yaml passed mnist_repro.config's checks\n"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mnist_repro import cli
 from mnist_repro.config import load_params
-from mnist_repro.inputs import not_run_note, read_published_code, read_runs
-from mnist_repro.io import write_json
+from mnist_repro.run_files import not_run_note, read_published_path, read_runs
+from mnist_repro.files import write_json
 from mnist_repro.reference import load_reference
 from mnist_repro.table import table_file, table_row
 
@@ -18,7 +18,7 @@ def compare(params_path, reference_path, runs_dir, code_dir, out_dir) -> tuple[d
     params = load_params(params_path)
     reference = load_reference(reference_path)
     runs = read_runs(params, runs_dir)
-    code = read_published_code(params, code_dir)
+    code = read_published_path(params, code_dir)
     rows = {table_file(out_dir, params, name): table_row(runs[name], reference.get(name),
                                                          code[name]["metrics"] if name in code else None)
             for name in params.variants}
@@ -32,11 +32,11 @@ def main(argv=None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--reference", required=True, help="the published numbers (reference/published.json)")
     ap.add_argument("--runs", required=True, help="directory holding <variant>/seed_<s>.json run summaries")
-    ap.add_argument("--published-code", required=True, help="directory holding <variant>.json published-code reruns")
+    ap.add_argument("--published-path", required=True, help="directory holding <variant>.json published-path reruns")
     ap.add_argument("--out", required=True, help="directory to write one <step>_<variant>.json row per variant into")
     args = ap.parse_args(argv)
 
-    rows, not_run = compare(args.params, args.reference, args.runs, args.published_code, args.out)
+    rows, not_run = compare(args.params, args.reference, args.runs, args.published_path, args.out)
     for stale in set(Path(args.out).glob("*.json")) - set(rows):  # a renamed or removed variant's old row
         stale.unlink()
     for path, row in rows.items():

@@ -12,9 +12,9 @@ import torch
 
 from mnist_repro import cli
 from mnist_repro.config import load_params
-from mnist_repro.io import write_json
+from mnist_repro.files import write_json
 from mnist_repro.models import build_model, count_parameters
-from mnist_repro.published import published_loader, train_published
+from mnist_repro.published_path import published_loader, train_published
 from mnist_repro.train import build_optimizer, build_scheduler, steps_per_epoch
 
 

@@ -16,7 +16,7 @@ def main(argv=None) -> None:
     ap.add_argument("--table", required=True, help="the compare stage's directory of per-variant rows")
     ap.add_argument("--runs", required=True, help="directory holding <variant>/seed_<s>.json run summaries")
     ap.add_argument("--history", required=True, help="directory holding <variant>/seed_<s>.json per-epoch histories")
-    ap.add_argument("--published-code", required=True, help="directory holding the published-code reruns")
+    ap.add_argument("--published-path", required=True, help="directory holding the published-path reruns")
     ap.add_argument("--errors", required=True, help="directory holding <variant>.json misclassified test images")
     ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
     ap.add_argument("--search", help="directory holding <variant>.json design-search records (mnist_repro.search)")
@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     build_report(params_path=args.params, reference_path=args.reference, table_dir=args.table, runs_dir=args.runs,
-                 history_dir=args.history, code_dir=args.published_code, errors_dir=args.errors,
+                 history_dir=args.history, code_dir=args.published_path, errors_dir=args.errors,
                  precision_dir=args.precision, search_dir=args.search,
                  data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_dir=args.curves)
     print(f"wrote {args.out}, figures in {args.figures} and curves in {args.curves}")

@@ -15,7 +15,7 @@ import torch
 
 from mnist_repro import cli
 from mnist_repro.config import load_params
-from mnist_repro.io import atomic_path, write_json
+from mnist_repro.files import atomic_path, write_json
 from mnist_repro.train import check_launch, make_accelerator, misclassified, run_training
 
 

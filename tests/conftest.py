@@ -158,15 +158,15 @@ def committed_results() -> dict:
             **_results_json(f"metrics/consistency/seed_{seed}.json"), **RESULTS_MACHINE}
         files[f"metrics/history/lr_scheduler/seed_{seed}.json"] = _results_json(
             f"metrics/consistency/history/seed_{seed}.json")
-    files["metrics/published_code/lr_scheduler.json"] = _results_json("metrics/published_path.json")
-    files["metrics/published_code/history/lr_scheduler.json"] = _results_json("metrics/published_path_history.json")
+    files["metrics/published_path/lr_scheduler.json"] = _results_json("metrics/published_path.json")
+    files["metrics/published_path/history/lr_scheduler.json"] = _results_json("metrics/published_path_history.json")
     return files
 
 
 @pytest.fixture(scope="session")
 def make_results_project(committed_results, mnist_root):
     """Factory: make_results_project(dest) fills dest with what compare and report read:
-    params.yaml (full-size train section; lr_scheduler's extra seeds and published-code
+    params.yaml (full-size train section; lr_scheduler's extra seeds and published-path
     rerun configured), reference/published.json, the committed runs in the new layout,
     and an errors file for the last variant (below). Returns dest."""
     import shutil
@@ -174,7 +174,7 @@ def make_results_project(committed_results, mnist_root):
     import torch
 
     from mnist_repro.data import load_split
-    from mnist_repro.io import write_json
+    from mnist_repro.files import write_json
 
     _, labels = load_split(mnist_root, train=False)
 
@@ -184,7 +184,7 @@ def make_results_project(committed_results, mnist_root):
             # the seven variants those runs are of (later ones, such as under_5k, postdate them)
             "variants": {name: variants[name] for name in RESULTS_VARIANTS},
             "seeds.variants": ["lr_scheduler"], "seeds.extra": list(RESULTS_EXTRA_SEEDS),
-            "published_code.variants": ["lr_scheduler"], "precision.seeds": []})
+            "published_path.variants": ["lr_scheduler"], "precision.seeds": []})
         (dest / "reference").mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "reference" / "published.json", dest / "reference" / "published.json")
         for rel, content in committed_results.items():
@@ -206,7 +206,7 @@ def make_results_project(committed_results, mnist_root):
 def compare_argv():
     """compare_argv(root): the compare stage's arguments as dvc.yaml gives them, under root."""
     return lambda root: ["--params", root / "params.yaml", "--reference", root / "reference/published.json",
-                         "--runs", root / "metrics/runs", "--published-code", root / "metrics/published_code",
+                         "--runs", root / "metrics/runs", "--published-path", root / "metrics/published_path",
                          "--out", root / "metrics/table"]
 
 
@@ -215,7 +215,7 @@ def report_argv(mnist_root):
     """report_argv(root): the report stage's arguments as dvc.yaml gives them, under root."""
     return lambda root: ["--params", root / "params.yaml", "--reference", root / "reference/published.json",
                          "--table", root / "metrics/table", "--runs", root / "metrics/runs",
-                         "--history", root / "metrics/history", "--published-code", root / "metrics/published_code",
+                         "--history", root / "metrics/history", "--published-path", root / "metrics/published_path",
                          "--errors", root / "metrics/errors", "--precision", root / "metrics/precision",
                          "--data", mnist_root,
                          "--out", root / "metrics/report.md", "--figures", root / "metrics/figures",

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from mnist_repro.config import load_params
-from mnist_repro.inputs import InputFileError
+from mnist_repro.errors import InputFileError
 from mnist_repro.reference import load_reference
 from mnist_repro.stats import attribute, band, binomial_se, describe, largest_gap, mean_curve, stalled_epochs
 
@@ -52,9 +52,9 @@ def test_one_row_per_variant_in_params_order_with_the_reference_values(compared)
         assert row["final_test"]["published"] == pub.log[-1]["test_acc"]
         assert set(row) == {"best_test", "best_test_epoch", "best_train", "final_test", "params", "seeds", "verdict"}
         assert "wall_seconds" not in json.dumps(row)
-    # Only lr_scheduler has extra seeds and a published-code rerun configured.
+    # Only lr_scheduler has extra seeds and a published-path rerun configured.
     assert [r["seeds"]["n"] for r in rows.values()] == [1, 1, 1, 1, 1, 1, 5]
-    assert [r["best_test"]["published_code"] for r in rows.values()] == [None] * 6 + [99.48]
+    assert [r["best_test"]["published_path"] for r in rows.values()] == [None] * 6 + [99.48]
     # dropout's table value (98.64) is its log's final epoch; the log's best, 98.76, came at epoch 12
     assert rows["4_dropout"]["best_test_epoch"] == {"ours": 13, "published": 12}
 
@@ -93,7 +93,7 @@ def test_dvc_metrics_show_prints_the_rows_in_order(compared, tmp_path):
     """What a reader of `dvc metrics show --md` sees: the columns side by side, the steps in order."""
     out = metrics_show(compared / "metrics/table", tmp_path)
     header = [c.strip() for c in out[0].strip("|").split("|")]
-    assert header[:4] == ["Path", "best_test.ours", "best_test.published", "best_test.published_code"]
+    assert header[:4] == ["Path", "best_test.ours", "best_test.published", "best_test.published_path"]
     assert header[-2:] == ["verdict.band", "verdict.published"]
     assert [line.split("|")[1].strip() for line in out[2:]] == [f"metrics/table/{s}.json" for s in STEPS]
 
@@ -104,7 +104,7 @@ def test_a_variant_without_published_numbers_has_nulls_not_a_verdict(project, ru
     (project / "reference/published.json").write_text(json.dumps(ref))
     run_stage("compare", compare_argv(project))
     row = rows_of(project)["2_skeleton"]
-    assert row["best_test"] == {"ours": 97.96, "published": None, "published_code": None}
+    assert row["best_test"] == {"ours": 97.96, "published": None, "published_path": None}
     assert row["verdict"] == {"band": None, "published": None} and row["params"]["published"] is None
 
 
@@ -122,7 +122,7 @@ def test_leftover_files_of_unconfigured_seeds_are_ignored(compared, project, run
 @pytest.mark.parametrize("missing, stage", [
     # An extra seed missing while the main run exists (a main run missing is "not run yet", below).
     ("metrics/runs/lr_scheduler/seed_3.json", "dvc repro seed@lr_scheduler-3"),
-    ("metrics/published_code/lr_scheduler.json", "dvc repro published_path@lr_scheduler"),
+    ("metrics/published_path/lr_scheduler.json", "dvc repro published_path@lr_scheduler"),
 ])
 def test_a_missing_configured_file_is_one_line_naming_its_stage(project, run_stage, compare_argv, capsys,
                                                                missing, stage):
@@ -151,7 +151,7 @@ def test_a_variant_without_its_main_run_is_a_not_run_row(compared, project, run_
     # The published side as for a run variant (the reference file's basic_setup entry); every "ours" null.
     pub = load_reference(project / "reference/published.json").get("basic_setup")
     assert rows["1_basic_setup"] == {
-        "best_test": {"ours": None, "published": 99.28, "published_code": None},
+        "best_test": {"ours": None, "published": 99.28, "published_path": None},
         "best_test_epoch": {"ours": None, "published": pub.log_best_test["epoch"]},
         "best_train": {"ours": None, "published": 99.93},
         "final_test": {"ours": None, "published": pub.log[-1]["test_acc"]},
@@ -180,12 +180,12 @@ def test_extra_seeds_without_the_main_run_are_ignored_and_said_so(project, run_s
     row = rows_of(project)["7_lr_scheduler"]
     assert row["seeds"] == {"n": 0, "best_test_mean": None, "best_test_sd": None,
                             "final_test_mean": None, "final_test_min": None, "final_reach_99_4": None}
-    assert row["best_test"] == {"ours": None, "published": 99.53, "published_code": 99.48}  # its rerun exists
+    assert row["best_test"] == {"ours": None, "published": 99.53, "published_path": 99.48}  # its rerun exists
     assert row["verdict"] == {"band": None, "published": "not run"}
 
 
 def test_a_stale_run_file_is_refused(project):
-    from mnist_repro.inputs import read_runs
+    from mnist_repro.run_files import read_runs
 
     path = project / "metrics/runs/lr_scheduler/seed_2.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 7}))

@@ -8,7 +8,8 @@ import types
 import pytest
 import yaml
 
-from mnist_repro.config import LaunchConfig, Params, ParamsError, load_params, parse_params
+from mnist_repro.config import LaunchConfig, Params, load_params, parse_params
+from mnist_repro.errors import ParamsError
 from mnist_repro.train import check_launch, check_shares
 
 
@@ -33,7 +34,7 @@ def test_repo_params_load(repo_root):
     assert params.variant("lr_scheduler").schedule == "one_cycle"
     assert isinstance(params.variant("basic_setup").lr, float)
     assert params.train.seed not in params.seeds.extra
-    assert set(params.seeds.variants) | set(params.published_code.variants) <= set(params.variants)
+    assert set(params.seeds.variants) | set(params.published_path.variants) <= set(params.variants)
     assert params.precision.variant in params.variants and params.precision.mixed_precision in ("bf16", "fp16")
     # one process on this machine, as the committed results were made
     assert params.launch == LaunchConfig(multi_gpu=False, num_processes=1, num_machines=1,
@@ -86,7 +87,7 @@ def test_variant_of_a_section_must_exist(raw, section):
     assert msg.startswith("variants.nope: unknown variant")
 
 
-@pytest.mark.parametrize("section", ["seeds", "published_code"])
+@pytest.mark.parametrize("section", ["seeds", "published_path"])
 def test_variant_lists_name_variants(raw, section):
     msg = rejected(raw, lambda r: r[section].update(variants=["skeleton", "nope"]))
     assert msg.startswith(f"{section}.variants: 'nope' is not a variant")

@@ -18,7 +18,8 @@ import torchvision
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_repro import data
-from mnist_repro.data import (MNIST_FILES, DataError, download_mnist, mnist_pickle_to_idx, raw_dir,
+from mnist_repro.errors import DataError
+from mnist_repro.data import (MNIST_FILES, download_mnist, mnist_pickle_to_idx, raw_dir,
                               sha256_of, verify_dir)
 
 

@@ -26,7 +26,7 @@ def expected_stages(p: dict) -> set:
             *(f"train@{v}" for v in p["variants"]),
             *(f"seed@{v}-{s}" for v in p["seeds"]["variants"] for s in p["seeds"]["extra"]),
             *(f"precision@{s}" for s in p["precision"]["seeds"]),
-            *(f"published_path@{v}" for v in p["published_code"]["variants"])}
+            *(f"published_path@{v}" for v in p["published_path"]["variants"])}
 
 
 def stage_logs(stdout: str) -> dict:
@@ -89,8 +89,8 @@ def test_outputs_in_the_pipeline_layout(finished_pipeline):
         m = json.loads((work / f"metrics/precision/seed_{s}.json").read_text())
         assert (m["variant"], m["seed"]) == (p["precision"]["variant"], s)
         assert m["mixed_precision"] == p["precision"]["mixed_precision"], m
-    for v in p["published_code"]["variants"]:
-        assert json.loads((work / f"metrics/published_code/{v}.json").read_text())["epochs"] == tr["epochs"]
+    for v in p["published_path"]["variants"]:
+        assert json.loads((work / f"metrics/published_path/{v}.json").read_text())["epochs"] == tr["epochs"]
     assert json.loads((work / "metrics/benchmark.json").read_text())["variant"] == p["benchmark"]["variant"]
 
 

@@ -116,7 +116,7 @@ def test_misclassified_digits_are_the_errors_file(built, report):
     assert "The first 25 in test-set order" in report
 
 
-def test_an_out_of_band_variant_with_the_published_code_rerun_is_attributed(tmp_path, make_results_project,
+def test_an_out_of_band_variant_with_the_published_path_rerun_is_attributed(tmp_path, make_results_project,
                                                                           run_stage, compare_argv, report_argv):
     # Had the published run reached 99.80, the published code rerun here (99.48) would side with our
     # five seeds (mean 99.472, band ±0.124 at 99.80): the published run's own noise.
@@ -194,15 +194,15 @@ def test_curves_are_the_seed_mean_and_spread_beside_the_published_log(built, rep
     assert {p.name for p in (built / "metrics/curves").iterdir()} == {f"{v}.json" for v in VARIANTS}
     log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
     seeds = [json.loads((built / f"metrics/history/lr_scheduler/seed_{s}.json").read_text()) for s in range(1, 6)]
-    code = json.loads((built / "metrics/published_code/history/lr_scheduler.json").read_text())
+    code = json.loads((built / "metrics/published_path/history/lr_scheduler.json").read_text())
     lr = curve_of(built, "lr_scheduler")
     assert [e["epoch"] for e in lr] == list(range(1, 16))
     for i, entry in enumerate(lr):
         accs = [h[i]["test_acc"] for h in seeds]
         assert entry == {"epoch": i + 1, "ours_mean": round(sum(accs) / 5, 2), "ours_min": round(min(accs), 2),
                          "ours_max": round(max(accs), 2), "published": log["lr_scheduler"][i]["test_acc"],
-                         "published_code": round(code[i]["test_acc"], 2)}
-    # One seed, no published-code rerun: mean = min = max = its history, and no published_code key.
+                         "published_path": round(code[i]["test_acc"], 2)}
+    # One seed, no published-path rerun: mean = min = max = its history, and no published_path key.
     skeleton = json.loads((built / "metrics/history/skeleton/seed_1.json").read_text())
     assert curve_of(built, "skeleton")[4] == {"epoch": 5, "ours_mean": 95.6, "ours_min": 95.6, "ours_max": 95.6,
                                               "published": 96.79}
@@ -222,7 +222,7 @@ NOT_RUN = {"basic_setup": "not run yet: `dvc repro train@basic_setup`",
 def unrun(built, tmp_path_factory, run_stage, compare_argv, report_argv) -> Path:
     """The first and the last variant without their main run, rendered over a copy of the complete
     report (its outputs in place, as in the checkout). lr_scheduler keeps its extra seeds, histories,
-    errors file and published-code rerun: none of its own runs is used without the main one."""
+    errors file and published-path rerun: none of its own runs is used without the main one."""
     root = tmp_path_factory.mktemp("unrun") / "project"
     shutil.copytree(built, root)
     (root / "metrics/curves/removed_variant.json").write_text("[]")  # as a removed variant leaves it
@@ -294,10 +294,10 @@ def test_the_curves_of_a_variant_not_run_are_the_published_ones(unrun, repo_root
     none = {"ours_mean": None, "ours_min": None, "ours_max": None}
     assert curve_of(unrun, "basic_setup") == [{"epoch": e["epoch"], **none, "published": e["test_acc"]}
                                               for e in log["basic_setup"]]
-    # lr_scheduler's published-code rerun does exist: it stays beside the published log.
-    code = json.loads((unrun / "metrics/published_code/history/lr_scheduler.json").read_text())
+    # lr_scheduler's published-path rerun does exist: it stays beside the published log.
+    code = json.loads((unrun / "metrics/published_path/history/lr_scheduler.json").read_text())
     assert curve_of(unrun, "lr_scheduler") == [
-        {"epoch": e["epoch"], **none, "published": e["test_acc"], "published_code": round(c["test_acc"], 2)}
+        {"epoch": e["epoch"], **none, "published": e["test_acc"], "published_path": round(c["test_acc"], 2)}
         for e, c in zip(log["lr_scheduler"], code)]
 
 

@@ -99,6 +99,7 @@ def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, co
 
 
 def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
-    from mnist_repro.search import SearchError, collect
+    from mnist_repro.errors import SearchError
+    from mnist_repro.search import collect
     with pytest.raises(SearchError, match="is not a DVC project; run this from the project's root or pass --repo"):
         collect("under_5k", repo=str(tmp_path))

@@ -19,10 +19,11 @@ from conftest import ONE_THREAD, evaluate_saved, run_cmd, run_until_checkpoint, 
 from torch.overrides import TorchFunctionMode
 
 from mnist_repro import train
-from mnist_repro.config import ParamsError, load_params
+from mnist_repro.config import load_params
+from mnist_repro.errors import DivergedError, ParamsError
 from mnist_repro.data import load_split
 from mnist_repro.models import build_model
-from mnist_repro.train import (Checkpoint, DivergedError, load_datasets, make_accelerator, misclassified,
+from mnist_repro.train import (Checkpoint, load_datasets, make_accelerator, misclassified,
                                run_fingerprint, run_training)
 
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 500, 200, 64, 3  # 500/64: a short last batch, 8 steps

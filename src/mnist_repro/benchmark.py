@@ -23,9 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .config import ParamsError, TrainConfig, VariantConfig
+from .config import TrainConfig, VariantConfig
+from .errors import ParamsError
 from .models import build_model
-from .published import published_loader
+from .published_path import published_loader
 from .train import (Dataset, build_optimizer, build_scheduler, describe_device, evaluate, load_datasets,
                     steps_per_epoch, train_one_epoch)
 

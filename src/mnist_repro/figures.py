@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .io import atomic_path
+from .files import atomic_path
 from .stats import GAP_AFTER_EPOCH
 
 DPI = 110

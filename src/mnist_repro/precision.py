@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import mean
 
 from .config import Params
-from .inputs import RUN_KEYS, checked, read_input, seed_file, seed_stage
+from .run_files import RUN_KEYS, checked, read_input, seed_file, seed_stage
 
 
 def read_precision_runs(params: Params, precision_dir: str | Path, runs_dir: str | Path) -> list[dict]:

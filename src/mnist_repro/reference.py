@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .inputs import InputFileError, read_input
+from .errors import InputFileError
+from .run_files import read_input
 
 TABLE_KEYS = {"params": int, "best_train": float, "best_test": float}
 LOG_KEYS = ("epoch", "train_acc", "test_loss", "test_acc")

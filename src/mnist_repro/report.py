@@ -21,9 +21,10 @@ from pathlib import Path
 from .config import Params, VariantConfig, load_params
 from .data import load_split
 from .figures import comparison_figure, misclassified_figure, overlay_figure
-from .inputs import (InputFileError, read_errors, read_histories, read_published_code, read_runs, read_searches,
+from .errors import InputFileError
+from .run_files import (read_errors, read_histories, read_published_path, read_runs, read_searches,
                      seed_stage)
-from .io import write_json, write_text
+from .files import write_json, write_text
 from .precision import precision_section, read_precision_runs
 from .models import build_model, count_parameters
 from .receptive_field import layer_table
@@ -44,7 +45,7 @@ class ReportInputs:
     table: dict      # variant -> its comparison-table row (table.table_row)
     runs: dict       # variant -> its configured runs' summaries, train.seed first; [] if not run yet
     histories: dict  # variant -> per-seed histories, in the order of runs
-    code: dict       # variant -> {"metrics", "history"} of the published-code rerun; absent if not run
+    code: dict       # variant -> {"metrics", "history"} of the published-path rerun; absent if not run
     errors: dict | None  # the last variant's misclassified test images; None if it is not run yet
     precision: list  # per precision seed: its mixed-precision and fp32 runs (precision.read_precision_runs)
     searches: dict = field(default_factory=dict)  # variant -> its design search's record (inputs.read_searches)
@@ -75,7 +76,7 @@ def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir
     return ReportInputs(params=params, reference=load_reference(reference_path),
                         table=read_table(params, table_dir, runs),
                         runs=runs, histories=read_histories(params, history_dir, runs),
-                        code=read_published_code(params, code_dir),
+                        code=read_published_path(params, code_dir),
                         errors=read_errors(params, errors_dir, list(params.variants)[-1], runs),
                         precision=read_precision_runs(params, precision_dir, runs_dir),
                         searches=read_searches(params, search_dir) if search_dir else {})
@@ -163,7 +164,7 @@ def side_by_side(inputs: ReportInputs) -> str:
             _pair(row["best_train"]["ours"], row["best_train"]["published"], _pct),
             _pct(row["best_test"]["published"]),
             # no published run, no published code to rerun: "–", not "not run"
-            _pct(row["best_test"]["published_code"]) or ("not run" if row["best_test"]["published"] else None),
+            _pct(row["best_test"]["published_path"]) or ("not run" if row["best_test"]["published"] else None),
             _pct(row["best_test"]["ours"]) if seeds["n"] else inputs.how_to_run(name),
             "– (n = 0)" if not seeds["n"] else f"{seeds['best_test_mean']:.2f} (n = 1)" if seeds["n"] == 1
             else f"{seeds['best_test_mean']:.2f} ± {seeds['best_test_sd']:.3f} (n = {seeds['n']})",
@@ -298,7 +299,7 @@ def observations(name: str, inputs: ReportInputs) -> list[str]:
 
 def attribution_sentence(name: str, inputs: ReportInputs, noise, pub: PublishedRun) -> str:
     if name not in inputs.code:
-        return (f"the published code was not rerun here for `{name}` (params.yaml `published_code.variants`): these "
+        return (f"the published code was not rerun here for `{name}` (params.yaml `published_path.variants`): these "
                 "files cannot tell whether our code or the published run is off")
     code = inputs.code[name]["metrics"]["best_test_acc"]
     a = attribute(noise, pub.best_test, code)

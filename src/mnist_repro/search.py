@@ -29,18 +29,15 @@ import yaml
 from dvc.utils.flatten import flatten
 
 from . import cli
-from .config import ParamsError, VariantConfig, Yaml12Loader
-from .io import write_json
+from .config import VariantConfig, Yaml12Loader
+from .errors import ParamsError, SearchError
+from .files import write_json
 
 SEED_KEY = "train.seed"
 # A variant's settings: every params.yaml key of it but its description.
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(VariantConfig) if f.name not in ("name", "target"))
 # Keys added after the search began, and what experiments from before them ran with.
 ADDED_KEYS = {"optimizer": "sgd", "weight_decay": 0.0}
-
-
-class SearchError(ParamsError):
-    """No experiment to record: one line naming what to run (a ParamsError, so cli.run prints it so)."""
 
 
 def overrides(params: dict, baseline: dict, variant: str) -> dict:

@@ -88,23 +88,23 @@ def mean_curve(histories: list[list[dict]], key: str = "test_acc") -> list[dict]
     return curve
 
 
-CURVE_KEYS = ("ours_mean", "ours_min", "ours_max", "published", "published_code")
+CURVE_KEYS = ("ours_mean", "ours_min", "ours_max", "published", "published_path")
 
 
 def plot_curve(ours: list[dict], published_log, code_history) -> list[dict]:
     """Per epoch, for `dvc plots`: {"epoch", "ours_mean", "ours_min", "ours_max", "published"} and
-    "published_code" where that rerun exists, in percent, rounded to 2 decimals. The first four are
+    "published_path" where that rerun exists, in percent, rounded to 2 decimals. The first four are
     always there, null where the series lacks the epoch (not run yet, no published entry): a plot
     naming a field that one variant's file lacks drops that plot for every variant. ours:
     mean_curve output, [] when not run; the others: per-epoch dicts with "test_acc", or None."""
     values: dict[int, dict] = {}
     for o in ours:
         values.setdefault(o["epoch"], {}).update(ours_mean=o["mean"], ours_min=o["min"], ours_max=o["max"])
-    for key, log in (("published", published_log), ("published_code", code_history)):
+    for key, log in (("published", published_log), ("published_path", code_history)):
         for e in log or ():
             values.setdefault(e["epoch"], {})[key] = e["test_acc"]
     return [{"epoch": epoch, **{k: round(v[k], 2) if k in v else None for k in CURVE_KEYS
-                                if k in v or k != "published_code"}}
+                                if k in v or k != "published_path"}}
             for epoch, v in sorted(values.items())]
 
 

@@ -3,7 +3,7 @@
 DVC flattens nested keys with "." and sorts the columns by name, so the keys are
 chosen to read as a side-by-side table (widths measured for the README):
 
-    best_test.ours | best_test.published | best_test.published_code | best_test_epoch.ours |
+    best_test.ours | best_test.published | best_test.published_path | best_test_epoch.ours |
     best_test_epoch.published | best_train.ours | best_train.published | final_test.ours |
     final_test.published | params.ours | params.published | seeds.best_test_mean |
     seeds.best_test_sd | seeds.final_reach_99_4 | seeds.final_test_mean | seeds.final_test_min |
@@ -32,7 +32,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Params
-from .inputs import InputFileError, read_input
+from .errors import InputFileError
+from .run_files import read_input
 from .reference import PublishedRun
 from .stats import band, describe
 
@@ -56,7 +57,7 @@ def _round(value: float | None, digits: int) -> float | None:
 
 def table_row(runs: list[dict], published: PublishedRun | None, code: dict | None) -> dict:
     """One variant's row. runs: its configured runs, train.seed first (empty: not run yet);
-    published: its reference entry or None; code: the published-code rerun's summary or None."""
+    published: its reference entry or None; code: the published-path rerun's summary or None."""
     # A variant not run keeps every key, "ours" null: DVC lists the rows as one table.
     ours = runs[0] if runs else {}
     empty = {"mean": None, "sd": None, "min": None}
@@ -69,7 +70,7 @@ def table_row(runs: list[dict], published: PublishedRun | None, code: dict | Non
     verdict = NOT_RUN if not runs else None if noise is None else noise.verdict(published.best_test)
     return {
         "best_test": {"ours": ours.get("best_test_acc"), "published": _get(published, "best_test"),
-                      "published_code": None if code is None else code["best_test_acc"]},
+                      "published_path": None if code is None else code["best_test_acc"]},
         "best_test_epoch": {"ours": ours.get("best_test_epoch"),
                             "published": None if published is None else published.log_best_test["epoch"]},
         "best_train": {"ours": ours.get("best_train_acc"), "published": _get(published, "best_train")},

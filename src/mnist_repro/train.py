@@ -33,16 +33,13 @@ from accelerate.utils import ProjectConfiguration, broadcast, gather, set_seed
 from tqdm.auto import tqdm
 
 from .augment import augment_batch
-from .config import LaunchConfig, ParamsError, TrainConfig, VariantConfig
+from .config import LaunchConfig, TrainConfig, VariantConfig
+from .errors import DivergedError, ParamsError
 from .data import load_split
-from .io import write_json
+from .files import write_json
 from .models import build_model, count_parameters
 
 LOG_EVERY = 20  # steps between progress-bar refreshes; each one costs a host-device sync
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; no metrics are written."""
 
 
 def cpu_threads_per_process(requested: int) -> int:

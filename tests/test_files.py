@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mnist_repro.config import load_params
-from mnist_repro.io import atomic_path, write_json
+from mnist_repro.files import atomic_path, write_json
 from mnist_repro.train import cpu_threads_per_process, run_fingerprint
 
 

@@ -2,8 +2,8 @@
 
 Only the runs params.yaml configures are read: every variant's main run (seed
 train.seed, stage train@<variant>), the extra seeds of the variants listed under
-seeds.variants (stage seed@<variant>-<seed>) and the published-code reruns listed
-under published_code.variants (stage published_path@<variant>). A leftover file of
+seeds.variants (stage seed@<variant>-<seed>) and the published-path reruns listed
+under published_path.variants (stage published_path@<variant>). A leftover file of
 a seed no longer configured is ignored; a configured one that is missing or stale
 stops the stage before anything is written, with one exception: a variant whose
 main run file is missing is "not run yet" (no runs: one variant can take hours, and
@@ -12,8 +12,8 @@ the others are worth comparing meanwhile); its extra seeds, if any, wait for it.
 Layout (directories passed by dvc.yaml):
     <runs>/<variant>/seed_<s>.json          one run's summary
     <history>/<variant>/seed_<s>.json       its per-epoch history
-    <published_code>/<variant>.json         the published data path rerun here, seed train.seed
-    <published_code>/history/<variant>.json its per-epoch history
+    <published_path>/<variant>.json         the published data path rerun here, seed train.seed
+    <published_path>/history/<variant>.json its per-epoch history
     <errors>/<variant>.json                 the main run's misclassified test images
     <search>/<variant>.json                 a design search's record (mnist_repro.search), if any
 """
@@ -23,21 +23,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import Params, ParamsError
+from .config import Params
+from .errors import InputFileError
 
 # What the comparison and the report read from a run file; train.summarize writes them all.
 RUN_KEYS = ("variant", "seed", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",
             "epochs", "train_images", "test_images", "wall_seconds", "device", "device_name", "num_processes",
             "num_machines", "mixed_precision", "torch")
 CODE_KEYS = ("variant", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc", "epochs")
-
-
-class InputFileError(ParamsError):
-    """An input file is missing, stale or not in the expected form.
-
-    A ParamsError so that ``cli.run`` reports it on one line: like a bad param,
-    it is fixed by the user (rerun the stage that writes the file).
-    """
 
 
 def read_input(path: str | Path, how_to_make: str):
@@ -127,11 +120,11 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
     return histories
 
 
-def read_published_code(params: Params, code_dir: str | Path) -> dict:
-    """variant -> {"metrics": ..., "history": ...} of the published-code rerun, for the
-    variants published_code.variants lists; the others are absent (not run)."""
+def read_published_path(params: Params, code_dir: str | Path) -> dict:
+    """variant -> {"metrics": ..., "history": ...} of the published-path rerun, for the
+    variants published_path.variants lists; the others are absent (not run)."""
     code = {}
-    for name in params.published_code.variants:
+    for name in params.published_path.variants:
         how = f"run `dvc repro published_path@{name}`"
         path = Path(code_dir) / f"{name}.json"
         metrics = checked(read_input(path, how), path, CODE_KEYS, {"variant": name}, how)
