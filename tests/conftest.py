@@ -164,14 +164,21 @@ def cli_env(tmp_path_factory, mnist_mirror) -> dict:
 
 # --- stages run in-process, and the committed results in the pipeline's layout ---------------
 
-def load_stage(name: str):
-    """stages/<name>.py as a module (the stages are scripts, not a package)."""
+def load_script(rel: str):
+    """A script of the repository (stages/train.py, research/search.py) as a module: they are
+    scripts, not a package."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_stage(name: str):
+    """stages/<name>.py as a module."""
+    return load_script(f"stages/{name}.py")
 
 
 @pytest.fixture(scope="session")
