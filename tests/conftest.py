@@ -190,40 +190,30 @@ def run_stage():
     return lambda name, argv: cli.run(load_stage(name).main, [str(a) for a in argv])
 
 
-# Real 15-epoch results on the full data, in the old flat layout: the seven seed-1 runs,
-# four extra lr_scheduler seeds and the published-path rerun, as committed at 37309a9.
-# Copied verbatim into tests/data so that later reruns change nothing here and a
-# shallow clone (CI) has them.
-RESULTS_DIR = REPO / "tests" / "data" / "results-37309a9"
-RESULTS_VARIANTS = ("basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation",
-                    "lr_scheduler")
-RESULTS_EXTRA_SEEDS = (2, 3, 4, 5)  # of lr_scheduler
-# What those runs recorded elsewhere (that commit's README and report) and their files lack.
-RESULTS_MACHINE = {"num_machines": 1, "mixed_precision": "no", "device_name": "AMD EPYC (2 cores)",
-                   "torch": "2.14.1+cu130", "evaluated_on": "test"}
-
-
-def _results_json(path: str):
-    import json
-
-    return json.loads((RESULTS_DIR / path).read_text())
+# Real 15-epoch results on the full data as committed at 37309a9: the seven variants' seed-1 runs,
+# four more lr_scheduler seeds and lr_scheduler's published-path rerun, in the pipeline's layout
+# (the machine fields that commit's README and report gave written into each run file). Kept in
+# tests/data so later reruns change nothing here and a shallow clone (CI) has them.
+RESULTS_DIR = REPO / "tests" / "data" / "runs-37309a9"
 
 
 @pytest.fixture(scope="session")
 def committed_results() -> dict:
-    """New-layout relative path -> content, from the results in RESULTS_DIR."""
-    files = {}
-    for name in RESULTS_VARIANTS:
-        files[f"metrics/runs/{name}/seed_1.json"] = {**_results_json(f"metrics/{name}.json"), **RESULTS_MACHINE}
-        files[f"metrics/history/{name}/seed_1.json"] = _results_json(f"metrics/history/{name}.json")
-    for seed in RESULTS_EXTRA_SEEDS:
-        files[f"metrics/runs/lr_scheduler/seed_{seed}.json"] = {
-            **_results_json(f"metrics/consistency/seed_{seed}.json"), **RESULTS_MACHINE}
-        files[f"metrics/history/lr_scheduler/seed_{seed}.json"] = _results_json(
-            f"metrics/consistency/history/seed_{seed}.json")
-    files["metrics/published_path/lr_scheduler.json"] = _results_json("metrics/published_path.json")
-    files["metrics/published_path/history/lr_scheduler.json"] = _results_json("metrics/published_path_history.json")
-    return files
+    """Relative path (metrics/runs/<variant>/seed_<s>.json, ...) -> content of every file in RESULTS_DIR."""
+    import json
+
+    return {path.relative_to(RESULTS_DIR).as_posix(): json.loads(path.read_text())
+            for path in sorted(RESULTS_DIR.rglob("*.json"))}
+
+
+def _seeds(committed: dict, runs: str) -> dict:
+    """variant -> its seeds among the committed run files under <runs>/<variant>/seed_<s>.json."""
+    seeds = {}
+    for rel in committed:
+        if rel.startswith(f"{runs}/") and rel.count("/") == runs.count("/") + 2:
+            variant, name = rel.split("/")[-2:]
+            seeds.setdefault(variant, []).append(int(name.removeprefix("seed_").removesuffix(".json")))
+    return {v: sorted(s) for v, s in seeds.items()}
 
 
 @pytest.fixture(scope="session")
@@ -243,15 +233,17 @@ def make_results_project(committed_results, mnist_root):
 
     def make(dest: Path) -> Path:
         variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+        ours, rerun = _seeds(committed_results, "metrics/runs"), _seeds(committed_results, "metrics/published_path/runs")
+        extra = {v: [s for s in seeds if s != 1] for v, seeds in ours.items() if seeds != [1]}
+        (seeded, extra_seeds), = extra.items()  # one variant has extra seeds: lr_scheduler
         write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
-            # the seven variants those runs are of (later ones, such as under_5k, postdate them)
-            "variants": {name: variants[name] for name in RESULTS_VARIANTS},
-            "seeds.variants": ["lr_scheduler"], "seeds.extra": list(RESULTS_EXTRA_SEEDS),
-            "published_path.variants": ["lr_scheduler"], "precision.seeds": []})
+            # the variants those runs are of, in params.yaml's order (later ones, such as under_5k, postdate them)
+            "variants": {name: variants[name] for name in variants if name in ours},
+            "seeds.variants": [seeded], "seeds.extra": extra_seeds,
+            "published_path.variants": list(rerun), "precision.seeds": []})
         (dest / "reference").mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "reference" / "published.json", dest / "reference" / "published.json")
-        for rel, content in committed_results.items():
-            write_json(dest / rel, content)
+        shutil.copytree(RESULTS_DIR / "metrics", dest / "metrics", dirs_exist_ok=True)
         # The committed runs predate errors files and their weights are not in git, so this one
         # is a stand-in: 40 real test-set indices with their true labels and a wrong prediction;
         # what the report draws from it is the test images at those indices.
