@@ -12,6 +12,7 @@ Everything a test writes goes under pytest's tmp dirs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -418,17 +419,33 @@ TRAIN_OUTPUTS = {"metrics": "metrics.json", "history": "history.json", "model": 
                  "errors": "errors.json"}
 
 
+def _train_stage_launch() -> str:
+    """The launch part of dvc.yaml's train stage command, unresolved: what follows
+    `accelerate launch` up to --machine_rank (`${launch}` today)."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    cmd = (stage.get("do") or stage)["cmd"]
+    return cmd.split("accelerate launch", 1)[1].split("--machine_rank", 1)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _parsing_config() -> dict:
+    """The repository's DVC `parsing` settings (how a boolean or a list is unpacked)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return dict(repo.config.get("parsing", {}))
+
+
 def launch_flags(params: Path) -> list[str]:
-    """A params file's launch section as dvc.yaml's `${launch}` unpacks it into `accelerate launch`
-    flags (DVC's default for booleans: true is a bare flag, false is left out)."""
-    launch = yaml.safe_load(Path(params).read_text())["launch"]
-    flags = []
-    for key, value in launch.items():
-        if isinstance(value, bool):
-            flags += [f"--{key}"] if value else []
-        else:
-            flags += [f"--{key}", str(value)]
-    return flags
+    """The `accelerate launch` flags dvc.yaml's train stage gets from a params file, resolved
+    by DVC itself (its interpolation of the stage command against that file's values)."""
+    import shlex
+
+    from dvc.fs import LocalFileSystem
+    from dvc.parsing.context import Context
+
+    context = Context.load_from(LocalFileSystem(), str(Path(params).resolve()))
+    return shlex.split(context.resolve_str(_train_stage_launch(), config=_parsing_config()))
 
 
 def train_cmd(variant: str, params: Path, data: Path, out: Path, *, outputs=("metrics", "history", "model"),
