@@ -28,11 +28,6 @@ GZ_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "network: reaches PyPI (pip download); runs by default, skip with -m 'not network'")
-    config.addinivalue_line(
-        "markers", "slow: trains for more than a few seconds or runs stages/DVC in subprocesses; "
-                   "the inner loop is `pytest -m 'not slow'` (under 2 minutes), CI runs everything")
     # One thread per process unless the caller says otherwise: the test models are tiny,
     # and on a shared CPU box oversubscribed intra-op threads make them ~10x slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
