@@ -35,6 +35,16 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# Fixtures (below) that run the whole DVC pipeline: a test using one is slow, in whatever file.
+PIPELINE_FIXTURES = {"finished_pipeline", "copy_finished_pipeline"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def mnist_cache() -> Path:
     """The tests' MNIST mirror outside the repository, named by the official digests
     (other digests, another folder: a stale cache is never read as this one)."""
