@@ -59,7 +59,7 @@ def test_candidates_rank_within_their_split_the_largest_first():
 def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, copy_finished_pipeline, tmp_path):
     work, env = copy_finished_pipeline(), finished_pipeline["env"]
     out = tmp_path / "search" / "under_5k.json"
-    search = [sys.executable, REPO / "research" / "search.py", "under_5k", "--max-params", "5000", "--out", out]
+    search = [sys.executable, work / "research" / "search.py", "under_5k", "--max-params", "5000", "--out", out]
 
     # No experiment yet: one line naming what to run, no file.
     proc = sh(search, work, env, check=False)
@@ -108,6 +108,28 @@ def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
     from mnist_repro.errors import SearchError
     with pytest.raises(SearchError, match="is not a DVC project; run this from the project's root or pass --repo"):
         search.collect("under_5k", repo=str(tmp_path))
+
+
+def test_an_experiments_recipe_is_its_params_as_config_reads_them():
+    import copy
+
+    from mnist_repro.config import Yaml12Loader
+    from mnist_repro.errors import ParamsError
+
+    baseline = yaml.load((REPO / "params.yaml").read_text(), Loader=Yaml12Loader)
+    params = copy.deepcopy(baseline)
+    params["train"]["holdout"], params["variants"]["under_5k"]["lr"] = 100, 0.035
+    run = {"seed": 1, "params": 4872, "test_images": 100, "train_images": 59_900, "final_test_acc": 98.0,
+           "best_test_acc": 99.0, "best_test_epoch": 1, "final_train_acc": 90.0, "wall_seconds": 1.0}
+    line = search.record("probe", "a" * 40, "b" * 40, "under_5k", params, baseline, run)
+    head = load_params(REPO / "params.yaml").variant("under_5k")
+    assert line["recipe"] == {**{k: getattr(head, k) for k in search.RECIPE_KEYS}, "lr": 0.035}
+    assert line["overrides"] == {"train.holdout": 100, "variants.under_5k.lr": 0.035}
+    assert line["model"] == head.model and (line["rev"], line["baseline"]) == ("aaaaaaa", "bbbbbbb")
+    # params this checkout cannot read (an older layout) are not guessed at: collect skips and counts them
+    del params["variants"]["under_5k"]["lr"]
+    with pytest.raises(ParamsError, match=r"variants\.under_5k\.lr: missing"):
+        search.record("old", "a" * 40, "b" * 40, "under_5k", params, baseline, run)
 
 
 def test_a_key_the_baseline_lacks_is_added_with_plus_plus():
