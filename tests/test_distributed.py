@@ -26,6 +26,8 @@ from mnist_repro.data import load_split
 from mnist_repro.models import build_model
 from mnist_repro.train import build_optimizer, global_batches, prepare_images
 
+pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
+
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 512, 500, 32, 3
 TWO_PROCESSES = {"launch.multi_gpu": True, "launch.num_processes": 2}
 

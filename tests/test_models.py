@@ -23,7 +23,7 @@ PUBLISHED_PARAMS = {
 OUR_PARAMS = {
     "under_5k": 4_872,
 }
-# Every width the under_5k search tried (models.COMPACT_WIDTHS, SEPARABLE_WIDTHS), as its record names them.
+# Every width the under_5k search tried (metrics/search/under_5k.json), by the name its record uses.
 COMPACT_PARAMS = {"c6-8-10-12-14": 4_038, "c8-8-10-12-14": 4_204, "c8-8-12-12-16": 4_808,
                   "c6-8-8-10-12-14": 4_630, "c8-8-8-10-12-14": 4_796, "c6-8-10-10-12-14": 4_958}
 SEPARABLE_PARAMS = {"s16-16-32-32-32": 4_400, "s16-24-32-32-32": 4_872, "s16-16-24-24-32-32": 4_768}
@@ -55,9 +55,46 @@ def test_parameter_count_of_our_variants(variants, name):
 
 
 def test_every_searched_width_builds_under_5k_parameters():
-    from mnist_repro.models import SEARCHED
-    built = {name: count_parameters(build_model(name)) for name in SEARCHED}
+    built = {name: count_parameters(build_model(name)) for name in {**COMPACT_PARAMS, **SEPARABLE_PARAMS}}
     assert built == {**COMPACT_PARAMS, **SEPARABLE_PARAMS}
+
+
+def test_every_model_of_the_search_record_builds_with_its_recorded_count(repo_root):
+    import json
+
+    record = json.loads((repo_root / "metrics" / "search" / "under_5k.json").read_text())
+    recorded = {e["model"]: e["params"] for e in record["experiments"]}
+    assert set(recorded) - set(PUBLISHED_PARAMS) <= {**COMPACT_PARAMS, **SEPARABLE_PARAMS}.keys()
+    assert {name: count_parameters(build_model(name)) for name in recorded} == recorded
+
+
+def test_a_family_name_spells_its_widths():
+    from mnist_repro.models import MODELS, compact, separable
+    for name, family, widths in (("c8-8-12-12-16", compact, (8, 8, 12, 12, 16)),
+                                 ("s16-16-24-24-32-32", separable, (16, 16, 24, 24, 32, 32)),
+                                 ("c4-4-4-4-4-4-4", compact, (4,) * 7)):  # never searched: any width builds
+        assert name in MODELS
+        assert repr(build_model(name, 0.03)) == repr(family(widths, 0.03))
+    # iterating lists the named architectures; the families are open-ended
+    assert list(MODELS) == ["basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "lr_scheduler"]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("resnet", "unknown model 'resnet'; choose one of basic_setup, skeleton, batch_norm, dropout, fc_after_gap, "
+               "lr_scheduler, or a family model: c<widths> (compact) or s<widths> (separable) with five to seven "
+               "conv widths, such as c8-8-12-12-16"),
+    ("x8-8-12-12-16", "unknown model"), ("c8-8-12-12-", "unknown model"), ("c08-8-12-12-16", "unknown model"),
+    ("c8-8-12-16", "model 'c8-8-12-16': 4 conv widths; compact takes 5 to 7 (two before the pool, three to five "
+                   "after)"),
+    ("s8-8-8-8-8-8-8-8", "model 's8-8-8-8-8-8-8-8': 8 conv widths; separable takes 5 to 7"),
+])
+def test_an_unbuildable_name_gets_one_line_saying_why(name, reason):
+    from mnist_repro.models import MODELS, unbuildable
+    assert unbuildable(name).startswith(reason) and "\n" not in unbuildable(name)
+    assert name not in MODELS
+    with pytest.raises(ValueError) as info:
+        build_model(name)
+    assert str(info.value) == unbuildable(name)
 
 
 def test_separable_splits_each_3x3_after_the_first_into_depthwise_and_1x1():
@@ -67,7 +104,7 @@ def test_separable_splits_each_3x3_after_the_first_into_depthwise_and_1x1():
     # the first conv, then (depthwise 3x3, 1x1) per further conv, then the "FC"
     assert [(c.kernel_size[0], c.groups) for c in convs] == [(3, 1)] + [(3, 16), (1, 1)] * 2 + [(3, 32), (1, 1)] * 2 + [(1, 1)]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ValueError, match="three or more after"):
+    with pytest.raises(ValueError, match="three to five after"):
         separable((16, 16, 32, 32), 0.0)
 
 
@@ -76,7 +113,7 @@ def test_compact_maps_shrink_by_two_per_conv_after_the_pool():
     five, six = compact((8, 8, 12, 12, 16), 0.0), compact((6, 8, 10, 10, 12, 14), 0.0)
     assert (five[-3].kernel_size, six[-3].kernel_size) == (6, 4)  # the GAP covers the whole last map
     assert six(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ValueError, match="three or more after"):
+    with pytest.raises(ValueError, match="three to five after"):
         compact((8, 8, 12, 16), 0.0)
 
 

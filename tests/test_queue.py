@@ -28,6 +28,8 @@ import yaml
 from conftest import (DVC, TRAIN_OUTPUTS, experiments, git_commit, init_project, project_env, run_together, sh,
                       train_cmd)
 
+pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
+
 QUICK = {"epochs": 1, "train_limit": 384, "test_limit": 200,
          "overrides": {"launch.num_processes": 2, "launch.multi_gpu": True, "launch.main_process_port": 0}}
 VARIANTS = ("skeleton", "lr_scheduler")   # two different architectures and schedules

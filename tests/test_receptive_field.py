@@ -72,7 +72,8 @@ def test_lr_scheduler_model_against_a_hand_computation():
     assert rows[-1].output_shape == (10, 1, 1)
 
 
-@pytest.mark.parametrize("name", MODELS)
+# The named architectures and family models of each length, five to seven convs.
+@pytest.mark.parametrize("name", [*MODELS, "c8-8-12-12-16", "s16-16-24-24-32-32", "c4-4-4-4-4-4-4", "s8-8-8-8-8-8-8"])
 def test_parameter_column_sums_to_the_model_count(name):
     model = build_model(name, 0.1)
     rows = layer_table(model)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import DVC, GIT, git_commit, sh
+
+pytestmark = pytest.mark.slow  # a finished pipeline, pushed, cloned and pulled
 
 
 def test_a_clone_pulls_the_results_and_has_nothing_to_rerun(finished_pipeline, copy_finished_pipeline, tmp_path):

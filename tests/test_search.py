@@ -1,18 +1,23 @@
-"""A design search's record (mnist_repro.search): a real holdout experiment read back from DVC
-with the overrides that made it, candidates ranked by final validation accuracy, and the
-report section that names the candidate params.yaml holds."""
+"""A design search's record (research/search.py): a real holdout experiment read back from DVC
+with the overrides that made it, candidates ranked by final validation accuracy, the report
+section that names the candidate params.yaml holds, and the search's script (research/under_5k.sh)
+queueing at HEAD exactly the experiments the committed record holds."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import yaml
-from conftest import DVC, sh
+from conftest import DVC, REPO, load_script, sh
 
 from mnist_repro.config import load_params
 from mnist_repro.report import search_section
-from mnist_repro.search import overrides, rank
+
+search = load_script("research/search.py")
+overrides, rank = search.overrides, search.rank
 
 
 def run(name, seed, final, params=4204, holdout=500, **changed):
@@ -50,17 +55,18 @@ def test_candidates_rank_within_their_split_the_largest_first():
         (["large-b"], 1000), (["large"], 1000), (["small"], 500)]
 
 
+@pytest.mark.slow
 def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, copy_finished_pipeline, tmp_path):
     work, env = copy_finished_pipeline(), finished_pipeline["env"]
     out = tmp_path / "search" / "under_5k.json"
-    search = ["python", "-m", "mnist_repro.search", "under_5k", "--max-params", "5000", "--out", out]
+    search = [sys.executable, work / "research" / "search.py", "under_5k", "--max-params", "5000", "--out", out]
 
     # No experiment yet: one line naming what to run, no file.
     proc = sh(search, work, env, check=False)
     assert proc.returncode == 1 and not out.exists()
     assert proc.stderr.strip().splitlines() == [
         "error: no successful holdout experiment of train@under_5k in this clone; "
-        "queue them (sweeps/under_5k.sh) and run `dvc queue start`"]
+        "queue them (research/under_5k.sh) and run `dvc queue start`"]
 
     LR = 0.035  # an override only if params.yaml's under_5k has another peak
     assert load_params(work / "params.yaml").variant("under_5k").lr != LR
@@ -100,6 +106,92 @@ def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, co
 
 def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
     from mnist_repro.errors import SearchError
-    from mnist_repro.search import collect
     with pytest.raises(SearchError, match="is not a DVC project; run this from the project's root or pass --repo"):
-        collect("under_5k", repo=str(tmp_path))
+        search.collect("under_5k", repo=str(tmp_path))
+
+
+def test_an_experiments_recipe_is_its_params_as_config_reads_them():
+    import copy
+
+    from mnist_repro.config import Yaml12Loader
+    from mnist_repro.errors import ParamsError
+
+    baseline = yaml.load((REPO / "params.yaml").read_text(), Loader=Yaml12Loader)
+    params = copy.deepcopy(baseline)
+    params["train"]["holdout"], params["variants"]["under_5k"]["lr"] = 100, 0.035
+    run = {"seed": 1, "params": 4872, "test_images": 100, "train_images": 59_900, "final_test_acc": 98.0,
+           "best_test_acc": 99.0, "best_test_epoch": 1, "final_train_acc": 90.0, "wall_seconds": 1.0}
+    line = search.record("probe", "a" * 40, "b" * 40, "under_5k", params, baseline, run)
+    head = load_params(REPO / "params.yaml").variant("under_5k")
+    assert line["recipe"] == {**{k: getattr(head, k) for k in search.RECIPE_KEYS}, "lr": 0.035}
+    assert line["overrides"] == {"train.holdout": 100, "variants.under_5k.lr": 0.035}
+    assert line["model"] == head.model and (line["rev"], line["baseline"]) == ("aaaaaaa", "bbbbbbb")
+    # params this checkout cannot read (an older layout) are not guessed at: collect skips and counts them
+    del params["variants"]["under_5k"]["lr"]
+    with pytest.raises(ParamsError, match=r"variants\.under_5k\.lr: missing"):
+        search.record("old", "a" * 40, "b" * 40, "under_5k", params, baseline, run)
+
+
+def test_a_key_the_baseline_lacks_is_added_with_plus_plus():
+    base = {"train": {"seed": 1}, "variants": {"v": {"lr": 0.05}}}
+    exp = {"train": {"seed": 11}, "variants": {"v": {"lr": 0.05, "momentum": 0.7}}}
+    changed = overrides(exp, base, "v")
+    assert search.command("v", changed, base) == "dvc exp run train@v -S train.seed=11 -S ++variants.v.momentum=0.7"
+
+
+ROUNDS = (1, 2, 3, 4, 7, 8, 9)
+
+
+def queued(round_: int, tmp_path) -> list[tuple[str, list[str]]]:
+    """(name, -S overrides) of each experiment `bash research/under_5k.sh round_` queues, as a
+    stand-in `dvc` first on PATH receives them."""
+    import subprocess
+
+    bin_dir, log = tmp_path / "bin", tmp_path / f"round{round_}.jsonl"
+    bin_dir.mkdir(exist_ok=True)
+    # one line per call, its arguments separated by \x1f (a shell, not Python: 63 calls)
+    (bin_dir / "dvc").write_text(f"#!/usr/bin/env bash\nprintf '%s\\x1f' \"$@\" >> '{log}'\necho >> '{log}'\n")
+    (bin_dir / "dvc").chmod(0o755)
+    subprocess.run(["bash", REPO / "research" / "under_5k.sh", str(round_)], check=True,
+                   env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    experiments = []
+    for line in log.read_text().splitlines():
+        args = line.split("\x1f")[:-1]
+        assert args[:4] == ["exp", "run", "--queue", "train@under_5k"]
+        name, sets, rest = None, [], args[4:]
+        while rest:
+            flag = rest.pop(0)
+            if flag == "-n":
+                name = rest.pop(0)
+            elif flag == "-S":
+                sets.append(rest.pop(0))
+            else:
+                assert flag.startswith("-S"), flag
+                sets.append(flag[2:])
+        experiments.append((name, sets))
+    return experiments
+
+
+def test_the_sweep_queues_at_head_exactly_the_recorded_experiments(tmp_path):
+    """Every experiment of the committed record, rerun from HEAD's params.yaml by the script:
+    DVC's own -S parser applies its overrides, this checkout's config reads the result, and
+    the recipe, seed and validation split are the ones the record says it ran with."""
+    from dvc.utils.hydra import apply_overrides
+
+    from mnist_repro.config import load_params
+
+    record = {e["experiment"]: e for e in json.loads((REPO / "metrics/search/under_5k.json").read_text())["experiments"]}
+    made = {}
+    for round_ in ROUNDS:
+        for name, sets in queued(round_, tmp_path):
+            params = tmp_path / f"{name}.yaml"
+            params.write_text((REPO / "params.yaml").read_text())
+            apply_overrides(params, sets)
+            p = load_params(params)
+            v = p.variant("under_5k")
+            made[name] = {"recipe": {k: getattr(v, k) for k in search.RECIPE_KEYS}, "seed": p.train.seed,
+                          "validation_images": p.train.holdout, "model": v.model}
+    assert sorted(made) == sorted(record)
+    assert made == {name: {k: e[k] for k in ("recipe", "seed", "validation_images", "model")}
+                    for name, e in record.items()}
+

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import launch_flags
 
+pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
+
 SCRIPT = "slurm/train.sbatch"
 NODES, GPUS = 2, 4
 HOSTS = ("gpu-a17", "gpu-b03")

@@ -61,6 +61,7 @@ def uninterrupted(setup):
                 history=json.loads((out / "history.json").read_text()))
 
 
+@pytest.mark.slow
 def test_metrics_schema(uninterrupted):
     m, history = uninterrupted["metrics"], uninterrupted["history"]
     assert METRIC_KEYS <= set(m)
@@ -83,6 +84,7 @@ def test_metrics_schema(uninterrupted):
     assert uninterrupted["proc"].stdout.count("'variant': 'lr_scheduler'") == 1
 
 
+@pytest.mark.slow
 def test_history_has_every_epoch(uninterrupted):
     history = uninterrupted["history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
@@ -96,6 +98,7 @@ def test_history_has_every_epoch(uninterrupted):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_saved_model_reproduces_the_recorded_test_metrics(uninterrupted, setup):
     """model.pt loads into the architecture and is the model the last epoch was measured on."""
     saved = evaluate_saved(uninterrupted["out"] / "model.pt", VARIANT, setup["params"], setup["data"])
@@ -104,6 +107,7 @@ def test_saved_model_reproduces_the_recorded_test_metrics(uninterrupted, setup):
     assert saved["correct"] == round(last["test_acc"] * TEST_LIMIT / 100)
 
 
+@pytest.mark.slow
 def test_errors_file_lists_exactly_the_saved_models_mistakes(uninterrupted, setup):
     errors = json.loads((uninterrupted["out"] / "errors.json").read_text())
     assert (errors["variant"], errors["seed"], errors["evaluated_on"], errors["test_images"]) == (
@@ -115,6 +119,7 @@ def test_errors_file_lists_exactly_the_saved_models_mistakes(uninterrupted, setu
     assert len(expected) == TEST_LIMIT - round(uninterrupted["metrics"]["final_test_acc"] * TEST_LIMIT / 100)
 
 
+@pytest.mark.slow
 def test_one_cycle_schedule(uninterrupted, setup):
     m, history = uninterrupted["metrics"], uninterrupted["history"]
     steps = math.ceil(TRAIN_LIMIT / BATCH)
@@ -147,6 +152,7 @@ def test_constant_schedule_in_process(setup):
     assert result.checkpoint is None
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_error(setup, tmp_path, quick_params):
     params = quick_params(tmp_path / "diverge.yaml", epochs=2, train_limit=512, test_limit=100,
                           overrides={**QUICK, "variants.skeleton.lr": 1e6})
@@ -185,6 +191,7 @@ def killed(setup):
     return dict(out=out, ckpt=ckpt, saved_epochs=len(saved["history"]))
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_resume_state_and_no_metrics(killed):
     assert 1 <= killed["saved_epochs"] < EPOCHS
     assert [p.name for p in killed["ckpt"].iterdir()] == ["node-0"]  # one machine: one node's copy
@@ -192,6 +199,7 @@ def test_killed_run_leaves_resume_state_and_no_metrics(killed):
     assert not (killed["out"] / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(killed, uninterrupted, setup):
     proc = run_cmd(train_cmd(VARIANT, setup["params"], setup["data"], killed["out"], checkpoint=killed["ckpt"],
                              launch=False), setup["env"])
@@ -209,6 +217,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(killed, uninterrup
         assert manifest["finished"] is True and set(manifest) == {"fingerprint", "finished"}
 
 
+@pytest.mark.slow
 def test_finished_checkpoint_is_not_resumed(uninterrupted, setup):
     """A finished manifest under this very fingerprint offers nothing to resume."""
     params = load_params(setup["params"])
@@ -218,6 +227,7 @@ def test_finished_checkpoint_is_not_resumed(uninterrupted, setup):
     assert Checkpoint(uninterrupted["ckpt"], fp).resumable() is None
 
 
+@pytest.mark.slow
 def test_checkpoint_from_other_params_is_not_resumed(killed, setup, capsys):
     """Same checkpoint dir, lr changed: the saved state must be ignored, training starts at epoch 1."""
     params = load_params(setup["params"])
@@ -237,6 +247,7 @@ def test_checkpoint_from_other_params_is_not_resumed(killed, setup, capsys):
     assert [p.name for p in node0(ckpt).iterdir()] == ["run.json"]
 
 
+@pytest.mark.slow
 def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
     """Every file of the saved state is read with torch.load(weights_only=True): a tampered
     checkpoint cannot run code."""
@@ -257,6 +268,7 @@ def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
 # --- launch settings: the run must be the one params.launch describes ------------------------
 
 
+@pytest.mark.slow
 def test_precision_other_than_params_launch_is_refused_before_anything_is_written(setup, tmp_path):
     """params say launch.mixed_precision "no"; a hand-typed --mixed_precision bf16 is refused."""
     out = tmp_path / "out"
@@ -300,6 +312,7 @@ def bf16_killed(setup, quick_params):
     return dict(out=out, params=params, ckpt=ckpt, saved=saved)
 
 
+@pytest.mark.slow
 def test_bf16_checkpoint_is_not_resumed_by_an_fp32_run(bf16_killed, setup, capsys):
     params = load_params(bf16_killed["params"])
     assert params.train == load_params(setup["params"]).train  # only launch.mixed_precision differs
@@ -320,6 +333,7 @@ def test_bf16_checkpoint_is_not_resumed_by_an_fp32_run(bf16_killed, setup, capsy
     assert result.metrics["mixed_precision"] == "no"
 
 
+@pytest.mark.slow
 def test_bf16_run_resumes_and_records_its_precision(bf16_killed, setup):
     out, ckpt = bf16_killed["out"], bf16_killed["ckpt"]
     proc = run_cmd(train_cmd(VARIANT, bf16_killed["params"], setup["data"], out, checkpoint=ckpt), setup["env"])

@@ -1,17 +1,23 @@
-"""The seven published architectures and the under-5k family, composed from one conv block.
+"""The seven published architectures and two open families, composed from one conv block.
 
 Notation follows reference/variants.md: ``conv(8, 16, post="BRD")`` is a
 3x3 Conv2d without padding or bias, then BatchNorm, ReLU, Dropout in that order.
 The post-op order differs between the published steps (lr_scheduler puts ReLU
 before BatchNorm, dropout puts Dropout before ReLU), so it is data, not code.
 
-Add a variant: write a builder below, add it to ``MODELS``, give it an entry in
-params.yaml and its parameter count to tests/test_models.py (README "Add a variant").
+A family model is named by its letter and its convs' output channels, so any
+width is buildable without a list of them: ``c8-8-12-12-16`` is ``compact``,
+``s16-24-32-32-32`` is ``separable`` (five to seven convs).
+
+Add a variant: name a family model in params.yaml, or write a builder below and
+add it to ``NAMED`` (README "Add a variant").
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -134,12 +140,16 @@ def lr_scheduler(dropout: float) -> nn.Sequential:
     )
 
 
-def _two_pool_rest_gap(family: str, widths: tuple[int, ...], first, further) -> nn.Sequential:
-    """The layout compact and separable share: two convs, max-pool, three or more convs,
+# Two convs before the pool, three to five after it: each shrinks the 12x12 pooled map by 2.
+MIN_CONVS, MAX_CONVS = 5, 7
+
+
+def _convs_pool_convs_gap_fc(family: str, widths: tuple[int, ...], first, further) -> nn.Sequential:
+    """The layout compact and separable share: two convs, max-pool, three to five convs,
     GAP, one 1x1 "FC". ``first(c_in, c_out)`` builds the first conv and ``further`` each
     later one, as lists of top-level blocks (the layer table gives each block a row)."""
-    if len(widths) < 5:
-        raise ValueError(f"{family} widths {widths}: need two convs before the pool and three or more after")
+    if not MIN_CONVS <= len(widths) <= MAX_CONVS:
+        raise ValueError(f"{family} widths {widths}: need two convs before the pool and three to five after")
     side = 12 - 2 * len(widths[2:])                               # 28 -> 24, pooled to 12, -2 per conv
     return nn.Sequential(
         *first(1, widths[0]), *further(*widths[:2]), nn.MaxPool2d(2, 2),
@@ -151,7 +161,7 @@ def _two_pool_rest_gap(family: str, widths: tuple[int, ...], first, further) -> 
 
 def compact(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     """lr_scheduler's layout without its 1x1 transition and second FC: two 3x3 convs,
-    max-pool, three or more 3x3 convs, GAP, one 1x1 "FC". With three convs after the
+    max-pool, three to five 3x3 convs, GAP, one 1x1 "FC". With three convs after the
     pool the receptive field is lr_scheduler's (18 px before GAP, then all 28); each
     further one adds 4 px and shrinks the map GAP averages by 2. The 10-class head
     reads the last conv's channels directly, so the parameters go into the convs.
@@ -159,7 +169,7 @@ def compact(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     def conv(c_in, c_out):
         return [ConvBlock(c_in, c_out, 3, "RBD", dropout=dropout)]
 
-    return _two_pool_rest_gap("compact", widths, conv, conv)
+    return _convs_pool_convs_gap_fc("compact", widths, conv, conv)
 
 
 def separable(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -173,36 +183,68 @@ def separable(widths: tuple[int, ...], dropout: float) -> nn.Sequential:
     def split(c_in, c_out):
         return [ConvBlock(c_in, c_in, 3, groups=c_in), ConvBlock(c_in, c_out, 1, "RBD", dropout=dropout)]
 
-    return _two_pool_rest_gap("separable", widths, conv, split)
+    return _convs_pool_convs_gap_fc("separable", widths, conv, split)
 
 
-# The widths the under_5k search tried (README "An eighth variant"); each stays
-# buildable so every experiment of the search can be rerun. Rounds 1-3 tried the
-# five-conv ones, round 4 also six convs (receptive field 22 px, GAP over 4x4).
-COMPACT_WIDTHS = [(6, 8, 10, 12, 14), (8, 8, 10, 12, 14), (8, 8, 12, 12, 16),
-                  (6, 8, 8, 10, 12, 14), (8, 8, 8, 10, 12, 14), (6, 8, 10, 10, 12, 14)]
-# Round 8 tried depthwise-separable convs at about twice those widths.
-SEPARABLE_WIDTHS = [(16, 16, 32, 32, 32), (16, 24, 32, 32, 32), (16, 16, 24, 24, 32, 32)]
-# Every searched design by the name its experiments used: the family's letter, then the widths.
-SEARCHED = {letter + "-".join(map(str, w)): functools.partial(family, w)
-            for letter, family, all_widths in (("c", compact, COMPACT_WIDTHS), ("s", separable, SEPARABLE_WIDTHS))
-            for w in all_widths}
-
-
-MODELS = {
+NAMED = {
     "basic_setup": basic_setup,
     "skeleton": skeleton,
     "batch_norm": batch_norm,
     "dropout": dropout,
     "fc_after_gap": fc_after_gap,
     "lr_scheduler": lr_scheduler,
-    **SEARCHED,
 }
+# A family model's name: the family's letter, then each conv's output channels.
+FAMILIES = {"c": compact, "s": separable}
+FAMILY_NAME = re.compile(r"([a-z])([1-9][0-9]*(?:-[1-9][0-9]*)*)")
+
+
+def unbuildable(name: str) -> str | None:
+    """None if ``name`` is a model build_model can build, else the one-line reason it is not."""
+    if name in NAMED:
+        return None
+    match = FAMILY_NAME.fullmatch(name)
+    if not match or match[1] not in FAMILIES:
+        return (f"unknown model {name!r}; choose one of {', '.join(NAMED)}, or a family model: "
+                f"{' or '.join(f'{letter}<widths> ({family.__name__})' for letter, family in FAMILIES.items())} "
+                "with five to seven conv widths, such as c8-8-12-12-16")
+    convs = len(match[2].split("-"))
+    if not MIN_CONVS <= convs <= MAX_CONVS:
+        return (f"model {name!r}: {convs} conv widths; {FAMILIES[match[1]].__name__} takes {MIN_CONVS} to "
+                f"{MAX_CONVS} (two before the pool, three to five after)")
+    return None
+
+
+class Models(Mapping):
+    """Model name -> builder(dropout): the named architectures (what iterating lists) and
+    every well-formed family name (``c8-8-12-12-16``), parsed when looked up."""
+
+    def __getitem__(self, name: str):
+        problem = unbuildable(name)
+        if problem:
+            raise KeyError(problem)
+        if name in NAMED:
+            return NAMED[name]
+        widths = tuple(int(w) for w in name[1:].split("-"))
+        return functools.partial(FAMILIES[name[0]], widths)
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and unbuildable(name) is None
+
+    def __iter__(self):
+        return iter(NAMED)
+
+    def __len__(self) -> int:
+        return len(NAMED)
+
+
+MODELS = Models()
 
 
 def build_model(name: str, dropout: float = 0.0) -> nn.Sequential:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    problem = unbuildable(name)
+    if problem:
+        raise ValueError(problem)
     return MODELS[name](dropout)
 
 

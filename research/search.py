@@ -1,12 +1,17 @@
 """A design search's record: its DVC experiments and what each scored on the validation split.
 
 A search is a set of `dvc exp run train@<variant> -S train.holdout=N -S ...`
-experiments (sweeps/under_5k.sh queues one): each trains on all but the last N
+experiments (research/under_5k.sh queues one): each trains on all but the last N
 training images and scores on those N, never on the test set. Experiments live
 in this clone's git refs only, so the record is written to a committed file
-that the report renders:
+that the report renders (mnist_repro.run_files.read_searches reads it):
 
-    python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
+    python research/search.py under_5k --max-params 5000 --out metrics/search/under_5k.json
+
+Exploration, not the pipeline: this script lives outside the library and no stage
+runs it. An experiment's recipe is its params.yaml as this checkout's config reads
+it; one whose params.yaml it cannot read (made by an older layout) is skipped and
+counted.
 
 Every experiment of the variant evaluated on a holdout is listed with the exact
 `-S` overrides that made it (its params.yaml against its baseline commit's).
@@ -28,37 +33,42 @@ import statistics
 import yaml
 from dvc.utils.flatten import flatten
 
-from . import cli
-from .config import VariantConfig, Yaml12Loader
-from .errors import ParamsError, SearchError
-from .files import write_json
+from mnist_repro import cli
+from mnist_repro.config import VariantConfig, Yaml12Loader, parse_params
+from mnist_repro.errors import ParamsError, SearchError
+from mnist_repro.files import write_json
 
 SEED_KEY = "train.seed"
 # A variant's settings: every params.yaml key of it but its description.
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(VariantConfig) if f.name not in ("name", "target"))
-# Keys added after the search began, and what experiments from before them ran with.
-ADDED_KEYS = {"optimizer": "sgd", "weight_decay": 0.0}
 
 
 def overrides(params: dict, baseline: dict, variant: str) -> dict:
-    """Flat key -> value of every param of train@<variant> (launch, train, variants.<variant>)
-    that differs from the baseline's: what `-S` set for the stage."""
+    """Flat key -> value of every param of train@<variant> (launch, train, the variants'
+    defaults, variants.<variant>) that differs from the baseline's: what `-S` set for the stage."""
     new, old = flatten(params), flatten(baseline)
-    own = ("launch.", "train.", f"variants.{variant}.")
+    own = ("launch.", "train.", "defaults.", f"variants.{variant}.")
     return {k: v for k, v in new.items() if k.startswith(own) and old.get(k, object()) != v}
+
+
+def command(variant: str, changed: dict, baseline: dict) -> str:
+    """The `dvc exp run` that makes these overrides on the baseline commit (`++` adds a key it lacks)."""
+    old = flatten(baseline)
+    return f"dvc exp run train@{variant} " + " ".join(
+        f"-S {'' if k in old else '++'}{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in changed.items())
 
 
 def record(name: str, rev: str, baseline_rev: str, variant: str, params: dict, baseline: dict, run: dict) -> dict:
     """One experiment's line of the record (params: its params.yaml, baseline: its baseline commit's;
     run: its run summary). The command reruns it on checking out the baseline commit."""
     changed = overrides(params, baseline, variant)
+    recipe = parse_params(params).variant(variant)  # the variant as training read it (defaults merged)
     return {
         "experiment": name, "rev": rev[:7], "baseline": baseline_rev[:7],
-        "command": f"dvc exp run train@{variant} " + " ".join(f"-S {k}={json.dumps(v) if isinstance(v, list) else v}"
-                                                           for k, v in changed.items()),
+        "command": command(variant, changed, baseline),
         "overrides": changed,
-        "seed": run["seed"], "model": params["variants"][variant]["model"], "params": run["params"],
-        "recipe": {k: v for k, v in {**ADDED_KEYS, **params["variants"][variant]}.items() if k in RECIPE_KEYS},
+        "seed": run["seed"], "model": recipe.model, "params": run["params"],
+        "recipe": {k: getattr(recipe, k) for k in RECIPE_KEYS},
         "validation_images": run["test_images"], "train_images": run["train_images"],
         "final_val_acc": run["final_test_acc"], "best_val_acc": run["best_test_acc"],
         "best_val_epoch": run["best_test_epoch"], "final_train_acc": run["final_train_acc"],
@@ -95,7 +105,7 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
     def read_yaml(rev):  # YAML 1.2 like DVC, which writes `no` unquoted after -S
         return yaml.load(dvc.api.read("params.yaml", repo=repo, rev=rev), Loader=Yaml12Loader)
 
-    records, baseline, baseline_params = [], None, None
+    records, unreadable, baseline, baseline_params = [], [], None, None
     try:
         dvc_repo = Repo(repo)
     except NotDvcRepoError:
@@ -122,10 +132,17 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
             if not run.get("evaluated_on", "").startswith("holdout"):
                 continue
             baseline_params = baseline_params or read_yaml(baseline)
-            records.append(record(row["Experiment"] or rev[:7], rev, baseline, variant, params, baseline_params, run))
+            name = row["Experiment"] or rev[:7]
+            try:
+                records.append(record(name, rev, baseline, variant, params, baseline_params, run))
+            except ParamsError as e:
+                unreadable.append(f"{name}: {e}")
+    if unreadable:
+        print(f"skipped {len(unreadable)} experiment(s) whose params.yaml this checkout cannot read, "
+              f"such as {unreadable[0]}")
     if not records:
         raise SearchError(f"no successful holdout experiment of train@{variant} in this clone; "
-                          f"queue them (sweeps/{variant}.sh) and run `dvc queue start`")
+                          f"queue them (research/{variant}.sh) and run `dvc queue start`")
     records.sort(key=lambda r: r["experiment"])
     return {"variant": variant, "max_params": max_params,
             "rule": "candidates ranked within their validation split, the largest split first, by the mean of "

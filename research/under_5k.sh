@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# The under_5k search (README "An eighth variant"): each line queues one DVC
-# experiment of train@under_5k that trains on the first 60,000 - N training images
-# and scores on the last N (train.holdout), never on the test set. One thread per
-# run so two queue workers share a 2-core machine. The rounds ran one after the
-# other, each planned on the scores before it, each from its own baseline commit
-# (the params.yaml entry its overrides are against):
-#   rounds 1-3: cb34fcb (c8-8-10-12-14, lr 0.05, no dropout), N = 5,000
-#   round 4:    6dc557d, with the six-conv widths (c8-8-12-12-16, lr 0.05), N = 10,000
-#   round 7:    8cba6ac (weight_decay added, c8-8-12-12-16 under SGD), N = 10,000
-#   round 8:    5c47489 (optimizer and models.separable added), N = 10,000
-#   round 9:    85b06a6, N = 10,000; the rule chose its Adam 0.02 candidate (ad59c00)
+# The under_5k search (docs: the report's "Design search: under_5k"): each line queues
+# one DVC experiment of train@under_5k that trains on the first 60,000 - N training
+# images and scores on the last N (train.holdout), never on the test set. One thread
+# per run so two queue workers share a 2-core machine. The rounds ran one after the
+# other, each planned on the scores before it, each from the recipe its baseline
+# commit's params.yaml held then; every experiment here sets that whole recipe
+# (`start` below) before its own changes (a later -S wins), so any round runs at
+# HEAD, whatever params.yaml's under_5k holds now:
+#   rounds 1-3 (baseline cb34fcb): c8-8-10-12-14, SGD, OneCycle peak 0.05, no dropout; N = 5,000
+#   round 4    (6dc557d): the same recipe at c8-8-12-12-16, six-conv widths tried; N = 10,000
+#   round 7    (8cba6ac): weight decay; round 8 (5c47489): optimiser and models.separable;
+#   round 9    (85b06a6): the rule chose its Adam 0.02 candidate (ad59c00); all N = 10,000
 # Rounds 5 and 6 (augmentation strength, padded first convs) ran on the branches
 # augment-scale and padded, whose records are there; neither changed the choice.
-# Check out a round's baseline, then:
-#   bash sweeps/under_5k.sh ROUND; dvc queue start -j 2; dvc queue status   # until every task is Success
-#   python -m mnist_repro.search under_5k --max-params 5000 --out metrics/search/under_5k.json
+#   bash research/under_5k.sh ROUND; dvc queue start -j 2; dvc queue status   # until every task is Success
+#   python research/search.py under_5k --max-params 5000 --out metrics/search/under_5k.json
 # which records every experiment, ranks the candidates and prints the ranking.
 set -euo pipefail
-round=${1:?usage: bash sweeps/under_5k.sh ROUND (1, 2, 3, 4, 7, 8 or 9)}
+round=${1:?usage: bash research/under_5k.sh ROUND (1, 2, 3, 4, 7, 8 or 9)}
 holdout=5000
-q() { dvc exp run --queue train@under_5k -S train.holdout=$holdout -S train.cpu_threads=1 "$@"; }
+model=c8-8-10-12-14
+q() {
+  # ++ sets a key whether or not params.yaml's entry has it (DVC's Hydra override grammar)
+  local start=(model=$model optimizer=sgd lr=0.05 momentum=0.9 weight_decay=0.0 schedule=one_cycle
+               dropout=0.0 augment=true)
+  dvc exp run --queue train@under_5k -S "++train.holdout=$holdout" -S ++train.cpu_threads=1 -S ++train.seed=1 \
+    "${start[@]/#/-S++variants.under_5k.}" "$@"
+}
 
 case $round in
 1)
@@ -50,6 +57,7 @@ q -n u5k-c8-8-12-12-16-lr05-noaug -S variants.under_5k.model=c8-8-12-12-16 -S va
 q -n u5k-c8-8-12-12-16-lr1        -S variants.under_5k.model=c8-8-12-12-16 -S variants.under_5k.lr=0.1  -S variants.under_5k.dropout=0.0
 ;;
 4)
+model=c8-8-12-12-16
 # Round 4: the round-3 choice met the mean criterion on the test set but not the
 # other (3 of 5 seeds at 99.40% on the final epoch, 4 required). The test set
 # decided only that the search goes on; this round chooses on validation again.
@@ -68,6 +76,7 @@ done
 q -n u5k4-lr_scheduler -S variants.under_5k.model=lr_scheduler -S variants.under_5k.lr=0.015 -S variants.under_5k.momentum=0.7 -S variants.under_5k.dropout=0.03
 ;;
 7)
+model=c8-8-12-12-16
 # Round 7: width, depth, peak lr, dropout (rounds 1-4), augmentation strength and
 # padding (5, 6) all moved final validation accuracy by less than its noise, so
 # this round changes the optimiser: SGD's weight decay, log-spaced over 1.3
@@ -85,6 +94,7 @@ for seed in 1 11 12; do
 done
 ;;
 8)
+model=c8-8-12-12-16
 # Round 8: weight decay did not help (round 7: 1e-4 99.250, 5e-4 99.257, 2e-3
 # 99.157, 5e-4 at peak 0.1 99.280, against 99.280 without). Two directions not
 # tried yet, three seeds each, same split and control: the optimiser itself
@@ -103,6 +113,7 @@ for seed in 1 11 12; do
 done
 ;;
 9)
+model=c8-8-12-12-16
 # Round 9, planned when round 8 had seeds 1 and 11 of every candidate and seed 12
 # of Adam's: both directions cleared the control by more than noise
 # (s16-24-32-32-32 99.40, 99.46; Adam at peak 0.01 99.37, 99.32, 99.38; control
@@ -114,5 +125,5 @@ for seed in 1 11 12; do
   q -n u5k9-s16-24-32-32-32-adam-lr02-s$seed -S train.seed=$seed -S variants.under_5k.model=s16-24-32-32-32 -S variants.under_5k.optimizer=adam -S variants.under_5k.lr=0.02
 done
 ;;
-*) echo "sweeps/under_5k.sh: no round $round; rounds are 1-4 and 7-9" >&2; exit 2 ;;
+*) echo "research/under_5k.sh: no round $round; rounds are 1-4 and 7-9" >&2; exit 2 ;;
 esac
