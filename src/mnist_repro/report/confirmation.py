@@ -38,18 +38,23 @@ def confirmation_section(inputs: ReportInputs) -> list[str]:
                   f"{plural(len(runs), 'seed')}, prediction interval's lower end {low}, "
                   f"{sum(r['final_test_acc'] >= threshold for r in runs)} of {len(runs)} seeds at {threshold:.2f}% "
                   "or above.", ""]
+    uses = [u for u in inputs.test_set_uses if u["variant"] == cfg.variant]
     rows = [_use_row(f"{i}. {u['use']}", f"`{u['commit'][:7]}`", u["model"], u["params"], u["runs"], threshold)
-            for i, u in enumerate(inputs.test_set_uses, 1)]
+            for i, u in enumerate(uses, 1)]
     if runs:
-        rows.append(_use_row(f"{len(rows) + 1}. confirmation", "this report", inputs.params.variants[cfg.variant].model,
-                             runs[0]["params"], runs, threshold))
-    if not inputs.test_set_uses:
-        return lines + ["The earlier uses of the test set are not recorded here (no `--search` directory with "
-                        "`test_set_uses.json`)."]
-    lines += [f"Every use of the test set for `{cfg.variant}`'s design, in order. The earlier ones are read from "
-              "the commits that hold them (`research/test_set_uses.py` wrote `metrics/search/test_set_uses.json`); "
-              "each later design was chosen after the earlier uses were seen.", "",
-              markdown_table(["Use", "Commit", "Model (params)", "Seeds", "Final test per seed",
-                              "Best test per seed", "Mean final", "SD", "PI low", f"Final ≥ {threshold:.2f}"],
-                             rows, numeric={6, 7, 8})]
+        model = inputs.params.variants[cfg.variant].model
+        rows.append(_use_row(f"{len(rows) + 1}. confirmation (`confirm@<seed>`)", "–", model, runs[0]["params"], runs,
+                             threshold))
+    if not uses:
+        lines += [f"No earlier use of the test set for `{cfg.variant}` is recorded (`test_set_uses.json` in the "
+                  "search directory, written by `research/test_set_uses.py`).", ""]
+    else:
+        lines += [f"Every use of the test set for `{cfg.variant}`'s design, in order. The earlier ones are read "
+                  "from the commits that hold them (`research/test_set_uses.py` wrote "
+                  "`metrics/search/test_set_uses.json`); each later design was chosen after the earlier uses were "
+                  "seen.", ""]
+    if rows:
+        lines.append(markdown_table(["Use", "Commit", "Model (params)", "Seeds", "Final test per seed",
+                                     "Best test per seed", "Mean final", "SD", "PI low", f"Final ≥ {threshold:.2f}"],
+                                    rows, numeric={6, 7, 8}))
     return lines

@@ -27,7 +27,7 @@ def side_by_side(inputs: ReportInputs) -> str:
     for name, runs in inputs.runs.items():
         pub, row = inputs.reference.get(name), inputs.table[name]
         if not runs:
-            rows.append([name, 0, pair(None, pub and pub.params), inputs.how_to_run(name),
+            rows.append([name, 0, pair(None, pub and pub.params, lambda v: f"{v:,}"), inputs.how_to_run(name),
                          pct(row["best"]["pub"]), NOT_RUN, "–", pct(row["fin"]["pub"]), NOT_RUN,
                          pair(None, pub and pub.log_best_train, pct), pair(None, pub and pub.log_best_test["epoch"])])
             continue
