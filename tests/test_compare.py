@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -262,3 +263,22 @@ def test_largest_gap_after_epoch_3_on_the_committed_skeleton(committed_results, 
     # Both skeleton runs sit at chance for their first two epochs.
     assert stalled_epochs([e["test_acc"] for e in published]) == 2
     assert stalled_epochs([e["mean"] for e in ours]) == 2
+
+
+# --- the README's table is the committed table ----------------------------------------------------
+
+README_TABLE = ("<!-- table: dvc metrics show --md -->", "<!-- /table -->")
+
+
+def test_the_readme_table_is_dvc_metrics_show(repo_root):
+    """The README shows `dvc metrics show --md` of the committed table, unedited, within 200 columns."""
+    pytest.importorskip("dvc", reason="dvc is not installed, so `dvc metrics show --md` cannot run")
+    text = (repo_root / "README.md").read_text()
+    start, end = README_TABLE
+    assert start in text and end in text, f"README.md lacks the lines {start} and {end} around its table"
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=repo_root, check=True,
+                           capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.strip()
+    assert text.split(start, 1)[1].split(end, 1)[0].strip() == shown, (
+        "README.md's table differs from `dvc metrics show --md`: paste its output between the markers")
+    lines = shown.splitlines()
+    assert max(map(len, lines)) <= 200 and len(lines[0].strip("|").split("|")) <= 20
