@@ -44,8 +44,8 @@ def rule_section(inputs: ReportInputs) -> list[str]:
     ns = sorted({len(runs) for runs in inputs.ran.values() if len(runs) >= MIN_RUNS})
     ts = ", ".join(f"t(0.975, {n - 1}) = {t_quantile((1 + LEVEL) / 2, n - 1):.4f}" for n in ns)
     return [
-        "Each published number is one run; ours are n seeds of the same recipe, fixed in `params.yaml` before "
-        "the runs. For each variant and each of best-epoch and final-epoch test accuracy, the 95% prediction "
+        "Each published number is one run; ours are the n seeds `params.yaml` lists for the variant, every one "
+        "of them. For each variant and each of best-epoch and final-epoch test accuracy, the 95% prediction "
         "interval for one more run of our code is",
         "",
         "    mean ± t(0.975, n − 1) · SD · sqrt(1 + 1/n)",
