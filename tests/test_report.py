@@ -420,3 +420,16 @@ def test_a_malformed_test_set_uses_record_is_one_line(full, tmp_path, edit, mess
     with pytest.raises(InputFileError, match=message) as info:
         read_test_set_uses(tmp_path)
     assert "\n" not in str(info.value) and "research/test_set_uses.py" in str(info.value)
+
+
+def test_the_committed_test_set_uses_are_what_git_history_holds(repo_root, tmp_path):
+    """metrics/search/test_set_uses.json is research/test_set_uses.py's output from the commits it names."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "cat-file", "-e", "cd54f9d^{commit}"], cwd=repo_root, capture_output=True).returncode:
+        pytest.skip("this checkout lacks commit cd54f9d (a shallow clone): the earlier test uses cannot be re-read")
+    out = tmp_path / "test_set_uses.json"
+    subprocess.run([sys.executable, "research/test_set_uses.py", "--out", out], cwd=repo_root, check=True,
+                   capture_output=True)
+    assert json.loads(out.read_text()) == json.loads((repo_root / "metrics/search/test_set_uses.json").read_text())
