@@ -55,10 +55,17 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def same_seeds(runs: list[dict], code: list[dict], key: str) -> tuple[list, list, list]:
+    """(seeds, ours, the published path's) values of key over the seeds both data paths have run."""
+    ours = {r["seed"]: r[key] for r in runs}
+    both = [c["metrics"] for c in code if c["metrics"]["seed"] in ours]
+    return [m["seed"] for m in both], [ours[m["seed"]] for m in both], [m[key] for m in both]
+
+
 def same_seed_difference(runs: list[dict], code: list[dict], key: str):
-    """stats.welch of ours − the published path on key, over the seeds both have run."""
-    seeds = {c["metrics"]["seed"] for c in code}
-    return welch([r[key] for r in runs if r["seed"] in seeds], [c["metrics"][key] for c in code])
+    """stats.welch of ours − the published path on key, over the seeds both have run (None below 2)."""
+    _, ours, theirs = same_seeds(runs, code, key)
+    return welch(ours, theirs)
 
 
 def _cell(metric: str, runs: list[dict], published: PublishedRun | None, comparable: bool, others: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..markdown import markdown_table, pct, signed
 from ..run_files import published_path_note
 from ..stats import LEVEL
-from ..table import same_seed_difference
+from ..table import same_seed_difference, same_seeds
 from .inputs import ReportInputs
 
 KEYS = {"best test": "best_test_acc", "final test": "final_test_acc"}
@@ -36,11 +36,9 @@ def published_path_section(inputs: ReportInputs) -> list[str]:
             not_run.append(f"- `{name}`: " + (published_path_note(inputs.params, name) if not code
                                               else inputs.how_to_run(name)))
             continue
-        seeds = [c["metrics"]["seed"] for c in code]
         for label, key in KEYS.items():
             diff = same_seed_difference(runs, code, key)
-            ours = [r[key] for r in runs if r["seed"] in seeds]
-            theirs = [c["metrics"][key] for c in code]
+            seeds, ours, theirs = same_seeds(runs, code, key)
             rows.append([name, label, ", ".join(map(str, seeds)), ", ".join(map(pct, ours)),
                          ", ".join(map(pct, theirs)),
                          *([signed(diff.diff), _ci(diff, LEVEL), _ci(diff, equiv), f"{diff.df:.1f}",
