@@ -129,6 +129,23 @@ def test_misclassified_digits_are_the_errors_file(built, report):
     assert "The first 25 in test-set order" in report
 
 
+def test_a_variant_outside_its_interval_gets_the_facts_of_its_epochs(tmp_path, make_results_project, run_stage,
+                                                                     compare_argv, argv):
+    # Had lr_scheduler's log reached 99.80 at epoch 10, it would lie above our [99.34, 99.60].
+    root = make_results_project(tmp_path)
+    ref = json.loads((root / "reference/published.json").read_text())
+    ref["logs"]["lr_scheduler"][9]["test_acc"] = 99.80
+    (root / "reference/published.json").write_text(json.dumps(ref))
+    run_stage("compare", compare_argv(root))
+    run_stage("report", argv(root))
+    outside = section((root / "metrics/report.md").read_text(), "## Outside the interval")
+    assert "**lr_scheduler**: the published best test is above our interval" in outside
+    assert outside.count("**") == 2  # the only one
+    assert "- published best test 99.80; our 5 seeds: mean 99.47, interval [99.34, 99.60] (SD 0.043)" in outside
+    assert ("the published data path is not rerun for `lr_scheduler` (not run yet: `dvc repro "
+            "published_path@lr_scheduler-1`)") in outside
+
+
 def test_a_missing_errors_file_stops_the_report_before_writing(tmp_path, make_results_project, run_stage,
                                                                 compare_argv, argv, capsys):
     root = make_results_project(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..markdown import markdown_table, plural
 from ..reference import PublishedRun
+from ..run_files import published_path_note
 from ..stats import (CHANCE_ACC, GAP_AFTER_EPOCH, SWING_EPOCHS, TREND_EPOCHS, largest_gap, largest_swing, mean_curve,
                      prediction_interval, stalled_epochs, trend)
 from ..table import same_seed_difference
@@ -38,8 +39,10 @@ def stall_facts(histories: list[list[dict]], pub: PublishedRun | None, seeds: li
 
 def path_sentence(name: str, inputs: ReportInputs) -> str:
     if name not in inputs.code:
-        return (f"the published data path was not rerun for `{name}` (`published_path.variants`): these files "
-                "cannot tell whether our code or the published run is off")
+        why = (published_path_note(inputs.params, name) if name in inputs.params.published_path.variants
+               else "not in `published_path.variants`")
+        return (f"the published data path is not rerun for `{name}` ({why}): these files cannot tell whether our "
+                "code or the published run is off")
     diff = same_seed_difference(inputs.runs[name], inputs.code[name], "best_test_acc")
     if diff is None:
         return "the published data path has fewer than 2 seeds here: no difference to estimate"
