@@ -1,5 +1,5 @@
-"""DVC stage report: metrics/report.md, its figures and the per-variant curves for `dvc plots`, rendered from the
-comparison table and the run files."""
+"""DVC stage report: metrics/report.md, its figures and the long-form curves file for `dvc plots`, rendered from
+the comparison table and the run files."""
 
 from __future__ import annotations
 
@@ -16,21 +16,25 @@ def main(argv=None) -> None:
     ap.add_argument("--table", required=True, help="the compare stage's directory of per-variant rows")
     ap.add_argument("--runs", required=True, help="directory holding <variant>/seed_<s>.json run summaries")
     ap.add_argument("--history", required=True, help="directory holding <variant>/seed_<s>.json per-epoch histories")
-    ap.add_argument("--published-path", required=True, help="directory holding the published-path reruns")
+    ap.add_argument("--published-path", required=True,
+                    help="directory holding runs/ and history/ of the published-path reruns")
+    ap.add_argument("--confirmation", required=True,
+                    help="directory holding runs/ and history/ of the confirmation runs (confirm@<seed>)")
     ap.add_argument("--errors", required=True, help="directory holding <variant>.json misclassified test images")
     ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
-    ap.add_argument("--search", help="directory holding <variant>.json design-search records (mnist_repro.search)")
+    ap.add_argument("--search", help="directory holding <variant>.json design-search records (mnist_repro.search) "
+                    "and test_set_uses.json (research/test_set_uses.py)")
     ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test images drawn)")
     ap.add_argument("--out", required=True, help="write the markdown report here")
     ap.add_argument("--figures", required=True, help="write the PNG figures into this directory")
-    ap.add_argument("--curves", required=True, help="write one <variant>.json curve per variant (dvc plots) here")
+    ap.add_argument("--curves", required=True, help="write the long-form curves (dvc plots) to this JSON file")
     args = ap.parse_args(argv)
 
     build_report(params_path=args.params, reference_path=args.reference, table_dir=args.table, runs_dir=args.runs,
                  history_dir=args.history, code_dir=args.published_path, errors_dir=args.errors,
-                 precision_dir=args.precision, search_dir=args.search,
-                 data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_dir=args.curves)
-    print(f"wrote {args.out}, figures in {args.figures} and curves in {args.curves}")
+                 precision_dir=args.precision, confirmation_dir=args.confirmation, search_dir=args.search,
+                 data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_path=args.curves)
+    print(f"wrote {args.out}, figures in {args.figures} and the curves to {args.curves}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mnist_repro.figures import zoom_limits
 
@@ -16,10 +17,20 @@ FIGURES = {f"{v}_vs_published.png" for v in VARIANTS} | {"test_accuracy_overlay.
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, make_results_project, run_stage, compare_argv, report_argv) -> Path:
+def argv(report_argv):
+    """The report stage's arguments: conftest's, with the curves file and the confirmation runs (dvc.yaml's)."""
+    def make(root: Path, search: Path | None = None) -> list:
+        args = list(report_argv(root))
+        args[args.index("--curves") + 1] = root / "metrics/curves.json"
+        return args + ["--confirmation", root / "metrics/confirmation"] + (["--search", search] if search else [])
+    return make
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, make_results_project, run_stage, compare_argv, argv) -> Path:
     root = make_results_project(tmp_path_factory.mktemp("report"))
     run_stage("compare", compare_argv(root))
-    run_stage("report", report_argv(root))
+    run_stage("report", argv(root))
     return root
 
 
@@ -40,26 +51,35 @@ def table_after(markdown: str, heading: str) -> list[list[str]]:
     return [rows[0]] + rows[2:]
 
 
-def test_side_by_side_has_one_row_per_variant_with_n_band_and_verdict(built, report):
+def test_side_by_side_has_one_row_per_variant_with_n_interval_and_verdicts(built, report):
     header, *rows = table_after(report, "## Side by side")
     assert [r[0] for r in rows] == VARIANTS
-    col = {name: header.index(name) for name in header}
+    col = {name: header.index(name) for name in header}  # the first of a repeated name: best test's
     for name, cells in zip(VARIANTS, rows):
         row = json.loads(next((built / "metrics/table").glob(f"*_{name}.json")).read_text())
-        assert cells[col["Best test: published run"]] == f"{row['best_test']['published']:.2f}"
-        assert cells[col["Band (±)"]] == f"±{row['verdict']['band']:.2f}"
-        assert cells[col["Verdict: published is"]] == row["verdict"]["published"]
-        assert cells[col["ours: mean ± SD over n seeds"]].endswith(f"(n = {row['seeds']['n']})")
-    lr = rows[-1]
-    assert lr[col["published code here"]] == "99.48" and lr[col["ours (seed 1)"]] == "99.47"
-    assert lr[col["ours: mean ± SD over n seeds"]] == "99.47 ± 0.043 (n = 5)"
-    assert rows[1][col["published code here"]] == "not run"
+        assert cells[col["n"]] == str(row["n"]) and cells[col["verdict"]] == row["best"]["v"]
+        assert cells[col["published (log)"]] == f"{row['best']['pub']:.2f}"
+    lr = dict(zip(header, rows[-1]))
+    # best 99.47, 99.43, 99.51, 99.43, 99.52: 99.472 ± 0.1298; final 99.47, 99.41, 99.45, 99.43, 99.52: 99.456 ± 0.1283
+    assert lr["Best test: ours, mean [95% PI]"] == "99.47 [99.34, 99.60]"
+    assert lr["Final test: ours, mean [95% PI]"] == "99.46 [99.33, 99.58]"
+    assert rows[-1][header.index("verdict", col["verdict"] + 1)] == "consistent"
+    assert lr["Best train: ours mean / published (log)"].endswith("/ 98.43")  # the log's, not the write-up's 99.43
+    assert dict(zip(header, rows[1]))["Best test: ours, mean [95% PI]"] == "97.96 (n = 1, no interval)"
 
 
 def test_the_rule_is_stated(report):
-    assert "band = mean ± 2 · sqrt(sd² + se²)" in report
-    assert "sd = 0 with one seed, where the band is ±2·se" in report
-    assert "N = 10,000 test images" in report
+    assert "mean ± t(0.975, n − 1) · SD · sqrt(1 + 1/n)" in report and "t(0.975, 4) = 2.7764" in report
+    assert "not rejected, not proven equal" in report and "*too few runs*" in report
+    assert "binomial" in report and "band" not in report.lower()
+
+
+def test_power_lists_what_each_interval_also_contains(report):
+    header, *rows = table_after(report, "### What each verdict can tell apart")
+    # only lr_scheduler has 3 runs or more: best [99.34, 99.60] and final [99.33, 99.58]; no other
+    # variant's published value is inside (augmentation's 99.32 is the nearest)
+    assert rows == [["lr_scheduler", "best test", "[99.34, 99.60]", "99.53", "0", "none"],
+                    ["lr_scheduler", "final test", "[99.33, 99.58]", "99.50", "0", "none"]]
 
 
 def test_machine_and_wall_time_come_from_the_run_files(report):
@@ -71,18 +91,11 @@ def test_machine_and_wall_time_come_from_the_run_files(report):
     assert rows[-1][:3] == ["lr_scheduler", "5", "7.6 min"]
 
 
-def test_out_of_band_facts_come_from_the_histories_and_the_published_log(report):
-    outside = report.split("## Outside the band", 1)[1].split("## Per-epoch gap", 1)[0]
-    assert "**skeleton**: the published best test is above our band" in outside
-    assert outside.count("**") == 2 * 1  # skeleton is the only variant outside its band
-    assert "in our runs: seed 1: 2" in outside
-    assert "the published log also sits at chance for its first 2 epochs: 12.85%, 15.35%" in outside
-    assert "the published code was not rerun here for `skeleton`" in outside
-
-
 def test_where_the_published_table_disagrees_with_its_own_log(report):
-    assert "`dropout`: table best test 98.64 (the log's final epoch); its log's best is 98.76 at epoch 12" in report
-    assert "`lr_scheduler`: table best train 99.43; its log's best" in report and "is 98.43" in report
+    section = report.split("## Where the write-up disagrees with its own logs", 1)[1].split("##", 1)[0]
+    assert "`dropout`: write-up best test 98.64 (the log's final epoch); its log's best is 98.76 at epoch 12" in section
+    assert "`lr_scheduler`: write-up best train 99.43; its log's best" in section and "is 98.43, used here" in section
+    assert "`batch_norm`: write-up best test 99.04; its log's best is 99.03 at epoch 15" in section
 
 
 def test_per_epoch_gap_after_epoch_3(report):
@@ -116,38 +129,39 @@ def test_misclassified_digits_are_the_errors_file(built, report):
     assert "The first 25 in test-set order" in report
 
 
-def test_an_out_of_band_variant_with_the_published_path_rerun_is_attributed(tmp_path, make_results_project,
-                                                                          run_stage, compare_argv, report_argv):
-    # Had the published run reached 99.80, the published code rerun here (99.48) would side with our
-    # five seeds (mean 99.472, band ±0.124 at 99.80): the published run's own noise.
+def test_a_variant_outside_its_interval_gets_the_facts_of_its_epochs(tmp_path, make_results_project, run_stage,
+                                                                     compare_argv, argv):
+    # Had lr_scheduler's log reached 99.80 at epoch 10, it would lie above our [99.34, 99.60].
     root = make_results_project(tmp_path)
     ref = json.loads((root / "reference/published.json").read_text())
-    ref["table"]["lr_scheduler"]["best_test"] = 99.80
+    ref["logs"]["lr_scheduler"][9]["test_acc"] = 99.80
     (root / "reference/published.json").write_text(json.dumps(ref))
     run_stage("compare", compare_argv(root))
-    run_stage("report", report_argv(root))
-    report = (root / "metrics/report.md").read_text()
-    assert "**lr_scheduler**: the published best test is above our band" in report
-    assert ("the published code rerun here reaches 99.48: within ±0.12 of our mean 99.47, outside ±0.12 of the "
-            "published 99.80: **the published run's own noise**") in report
+    run_stage("report", argv(root))
+    outside = section((root / "metrics/report.md").read_text(), "## Outside the interval")
+    assert "**lr_scheduler**: the published best test is above our interval" in outside
+    assert outside.count("**") == 2  # the only one
+    assert "- published best test 99.80; our 5 seeds: mean 99.47, interval [99.34, 99.60] (SD 0.043)" in outside
+    assert ("the published data path is not rerun for `lr_scheduler` (not run yet: `dvc repro "
+            "published_path@lr_scheduler-1`)") in outside
 
 
 def test_a_missing_errors_file_stops_the_report_before_writing(tmp_path, make_results_project, run_stage,
-                                                                compare_argv, report_argv, capsys):
+                                                                compare_argv, argv, capsys):
     root = make_results_project(tmp_path)
     run_stage("compare", compare_argv(root))
     (root / "metrics/errors/lr_scheduler.json").unlink()
     with pytest.raises(SystemExit):
-        run_stage("report", report_argv(root))
+        run_stage("report", argv(root))
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lr_scheduler.json: missing" in err and "dvc repro train@lr_scheduler" in err
     assert not (root / "metrics/report.md").exists() and not (root / "metrics/figures").exists()
 
 
-def test_a_missing_table_names_the_compare_stage(tmp_path, make_results_project, run_stage, report_argv, capsys):
+def test_a_missing_table_names_the_compare_stage(tmp_path, make_results_project, run_stage, argv, capsys):
     root = make_results_project(tmp_path)
     with pytest.raises(SystemExit):
-        run_stage("report", report_argv(root))
+        run_stage("report", argv(root))
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1_basic_setup.json: missing" in err and "dvc repro compare" in err
 
@@ -160,56 +174,52 @@ def test_zoom_keeps_the_settled_epochs_on_the_axis():
 
 
 def test_a_variant_without_published_numbers_is_shown_without_a_verdict(tmp_path, make_results_project, run_stage,
-                                                                      compare_argv, report_argv):
+                                                                      compare_argv, argv):
     root = make_results_project(tmp_path)
     ref = json.loads((root / "reference/published.json").read_text())
     del ref["table"]["skeleton"], ref["logs"]["skeleton"]  # as an eighth variant would be
     (root / "reference/published.json").write_text(json.dumps(ref))
     run_stage("compare", compare_argv(root))
-    run_stage("report", report_argv(root))
+    run_stage("report", argv(root))
     report = (root / "metrics/report.md").read_text()
     header, *rows = table_after(report, "## Side by side")
     skeleton = dict(zip(header, rows[1]))
-    assert skeleton["Params: ours / published"] == "4,572 / –" and skeleton["Verdict: published is"] == "–"
-    assert "No verdict for `skeleton`" in report and "Every published best test accuracy is within our band" in report
+    assert skeleton["Params: ours / published"] == "4,572 / –" and skeleton["verdict"] == "–"
+    assert "No verdict for `skeleton`" in report
     assert table_after(report, "## Per-epoch gap")[2] == ["skeleton", "1", "–", "–", "–", "–"]
 
 
-def test_seed_summary_of_the_committed_lr_scheduler_seeds(report):
-    header, *rows = table_after(report, "## Seeds")
+def test_every_seed_is_listed(report):
+    header, *rows = table_after(report, "## Every seed")
     assert [r[0] for r in rows] == VARIANTS
-    # best 99.47, 99.43, 99.51, 99.43, 99.52 (mean 99.472, SD 0.0427); final 99.47, 99.41, 99.45, 99.43, 99.52
-    assert rows[-1][:5] == ["lr_scheduler", "5", "1, 2, 3, 4, 5", "99.47 ± 0.043 (99.43 to 99.52)",
-                            "99.46 ± 0.042 (99.41 to 99.52)"]
-    assert rows[-1][-1] == "5 of 5" and rows[1][-1] == "0 of 1"  # final test ≥ 99.40%: every seed; skeleton not
+    assert rows[-1] == ["lr_scheduler", "5", "1, 2, 3, 4, 5", "99.47, 99.43, 99.51, 99.43, 99.52",
+                        "99.47, 99.41, 99.45, 99.43, 99.52", "5 of 5"]
+    assert rows[1][-1] == "0 of 1"
 
 
-# --- per-variant curves for `dvc plots` ---------------------------------------------------------
+# --- the long-form curves for `dvc plots` ----------------------------------------------------
 
-def curve_of(root: Path, name: str) -> list[dict]:
-    return json.loads((root / f"metrics/curves/{name}.json").read_text())
+CURVE_KEYS = ["variant", "epoch", "test_acc", "test_loss", "train_acc", "train_loss", "ours_mean", "ours_min",
+              "ours_max", "published", "published_path"]
 
 
-def test_curves_are_the_seed_mean_and_spread_beside_the_published_log(built, repo_root):
-    assert {p.name for p in (built / "metrics/curves").iterdir()} == {f"{v}.json" for v in VARIANTS}
+def curves_of(root: Path) -> list[dict]:
+    return json.loads((root / "metrics/curves.json").read_text())
+
+
+def test_curves_are_one_row_per_variant_and_epoch(built, repo_root):
+    rows = curves_of(built)
+    assert [(r["variant"], r["epoch"]) for r in rows] == [(v, e) for v in VARIANTS for e in range(1, 16)]
+    assert all(list(r) == CURVE_KEYS for r in rows)
     log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
     seeds = [json.loads((built / f"metrics/history/lr_scheduler/seed_{s}.json").read_text()) for s in range(1, 6)]
-    code = json.loads((built / "metrics/published_path/history/lr_scheduler.json").read_text())
-    lr = curve_of(built, "lr_scheduler")
-    assert [e["epoch"] for e in lr] == list(range(1, 16))
-    for i, entry in enumerate(lr):
+    for i, row in enumerate(r for r in rows if r["variant"] == "lr_scheduler"):
         accs = [h[i]["test_acc"] for h in seeds]
-        assert entry == {"epoch": i + 1, "ours_mean": round(sum(accs) / 5, 2), "ours_min": round(min(accs), 2),
-                         "ours_max": round(max(accs), 2), "published": log["lr_scheduler"][i]["test_acc"],
-                         "published_path": round(code[i]["test_acc"], 2)}
-    # One seed, no published-path rerun: mean = min = max = its history, and no published_path key.
-    skeleton = json.loads((built / "metrics/history/skeleton/seed_1.json").read_text())
-    assert curve_of(built, "skeleton")[4] == {"epoch": 5, "ours_mean": 95.6, "ours_min": 95.6, "ours_max": 95.6,
-                                              "published": 96.79}
-    assert [e["ours_mean"] for e in curve_of(built, "skeleton")] == [round(h["test_acc"], 2) for h in skeleton]
-    for name in VARIANTS:  # numbers (null only where a series lacks the epoch), at most two decimals
-        for entry in curve_of(built, name):
-            assert all(v is None or (type(v) in (int, float) and round(v, 2) == v) for v in entry.values()), entry
+        assert row["test_acc"] == round(seeds[0][i]["test_acc"], 4) and row["train_loss"] == round(
+            seeds[0][i]["train_loss"], 4)
+        assert (row["ours_mean"], row["ours_min"], row["ours_max"]) == (
+            round(sum(accs) / 5, 4), round(min(accs), 4), round(max(accs), 4))
+        assert row["published"] == log["lr_scheduler"][i]["test_acc"] and row["published_path"] is None
 
 
 # --- variants not run yet -------------------------------------------------------------------------
@@ -219,18 +229,17 @@ NOT_RUN = {"basic_setup": "not run yet: `dvc repro train@basic_setup`",
 
 
 @pytest.fixture(scope="module")
-def unrun(built, tmp_path_factory, run_stage, compare_argv, report_argv) -> Path:
+def unrun(built, tmp_path_factory, run_stage, compare_argv, argv) -> Path:
     """The first and the last variant without their main run, rendered over a copy of the complete
     report (its outputs in place, as in the checkout). lr_scheduler keeps its extra seeds, histories,
     errors file and published-path rerun: none of its own runs is used without the main one."""
     root = tmp_path_factory.mktemp("unrun") / "project"
     shutil.copytree(built, root)
-    (root / "metrics/curves/removed_variant.json").write_text("[]")  # as a removed variant leaves it
     for name in NOT_RUN:
         (root / f"metrics/runs/{name}/seed_1.json").unlink()
         (root / f"metrics/history/{name}/seed_1.json").unlink()
     run_stage("compare", compare_argv(root))
-    run_stage("report", report_argv(root))
+    run_stage("report", argv(root))
     return root
 
 
@@ -249,14 +258,12 @@ def test_the_intro_and_the_runs_count_the_variants_not_run(unrun_report):
 def test_a_variant_not_run_is_in_every_table_with_its_stage(unrun_report):
     header, *rows = table_after(unrun_report, "## Side by side")
     assert [r[0] for r in rows] == VARIANTS
-    basic, lr = dict(zip(header, rows[0])), dict(zip(header, rows[-1]))
-    assert basic == {"Variant": "basic_setup", "Params: ours / published": "– / 6,379,786",
-                     "Best train: ours / published": "– / 99.93", "Best test: published run": "99.28",
-                     "published code here": "not run", "ours (seed 1)": NOT_RUN["basic_setup"],
-                     "ours: mean ± SD over n seeds": "– (n = 0)", "Band (±)": "–", "Verdict: published is": "not run",
-                     "Best-test epoch: ours / published": "– / 15", "Final test: ours / published": "– / 99.28"}
-    assert lr["published code here"] == "99.48" and lr["ours (seed 1)"] == NOT_RUN["lr_scheduler"]
-    for heading, cells in (("## Seeds", lambda how: ["0", how, "–", "–", "–", "–"]),
+    basic = dict(zip(header, rows[0]))
+    assert basic["n"] == "0" and basic["Params: ours / published"] == "– / 6,379,786"
+    assert basic["Best test: ours, mean [95% PI]"] == NOT_RUN["basic_setup"] and basic["verdict"] == "not run"
+    assert basic["published (log)"] == "99.28" and basic["Best epoch: ours (seed 1) / published"] == "– / 15"
+    assert dict(zip(header, rows[-1]))["Best test: ours, mean [95% PI]"] == NOT_RUN["lr_scheduler"]
+    for heading, cells in (("## Every seed", lambda how: ["0", how, "–", "–", "–"]),
                            ("## Per-epoch gap", lambda how: ["0", "–", how, "–", "–"]),
                            ("## Wall time", lambda how: ["0", how, "–", "–"])):
         _, *rows = table_after(unrun_report, heading)
@@ -268,7 +275,7 @@ def test_a_variant_not_run_is_in_every_table_with_its_stage(unrun_report):
 def test_totals_count_only_the_runs_that_exist(unrun_report):
     # skeleton 164.6 + batch_norm 266.1 + dropout 360.7 + fc_after_gap 360.7 + augmentation 409.7 = 1561.8 s
     assert "In total 26.0 min over 5 runs of 5 variants (2 not run yet)." in unrun_report
-    assert "(here n = 1 seeds)" in unrun_report  # the rule's n: lr_scheduler's five seeds are not used
+    assert "; here t(0.975" not in unrun_report  # no variant left with 3 runs: lr_scheduler's extra seeds are not used
 
 
 def test_a_variant_not_run_gets_the_published_curve_alone_and_no_misclassified_grid(unrun, unrun_report):
@@ -288,26 +295,158 @@ def test_a_variant_not_run_gets_the_published_curve_alone_and_no_misclassified_g
 
 
 def test_the_curves_of_a_variant_not_run_are_the_published_ones(unrun, repo_root):
-    assert {p.name for p in (unrun / "metrics/curves").iterdir()} == {f"{v}.json" for v in VARIANTS}
     log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
-    # Every file names the same fields, null where ours is missing: a plot of ours_mean still draws.
-    none = {"ours_mean": None, "ours_min": None, "ours_max": None}
-    assert curve_of(unrun, "basic_setup") == [{"epoch": e["epoch"], **none, "published": e["test_acc"]}
-                                              for e in log["basic_setup"]]
-    # lr_scheduler's published-path rerun does exist: it stays beside the published log.
-    code = json.loads((unrun / "metrics/published_path/history/lr_scheduler.json").read_text())
-    assert curve_of(unrun, "lr_scheduler") == [
-        {"epoch": e["epoch"], **none, "published": e["test_acc"], "published_path": round(c["test_acc"], 2)}
-        for e, c in zip(log["lr_scheduler"], code)]
+    rows = [r for r in curves_of(unrun) if r["variant"] == "basic_setup"]
+    assert rows == [{"variant": "basic_setup", "epoch": e["epoch"], **{k: None for k in CURVE_KEYS[2:9]},
+                     "published": e["test_acc"], "published_path": None} for e in log["basic_setup"]]
 
 
 def test_a_table_older_than_the_runs_names_the_compare_stage(tmp_path, make_results_project, run_stage,
-                                                             compare_argv, report_argv, capsys):
+                                                             compare_argv, argv, capsys):
     root = make_results_project(tmp_path)
     run_stage("compare", compare_argv(root))
     (root / "metrics/runs/basic_setup/seed_1.json").unlink()  # the table still has its row as run
     with pytest.raises(SystemExit):
-        run_stage("report", report_argv(root))
+        run_stage("report", argv(root))
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1_basic_setup.json: counts 1 runs of basic_setup, the run files 0" in err
     assert "dvc repro compare" in err and not (root / "metrics/report.md").exists()
+
+
+# --- the published data path over seeds, the confirmation and the earlier test-set uses -------------
+
+CONFIRMATION = {"variant": "under_5k", "seeds": [101, 102, 103], "min_final_test_mean": 99.40}
+CONFIRMED_FINALS = {101: 99.45, 102: 99.38, 103: 99.52}   # made up, in real-shaped run files
+PATH_BEST_SHIFT = {1: -0.02, 2: 0.05, 3: -0.01, 4: -0.03, 5: -0.03}
+
+
+def copy_run(src_runs: Path, src_history: Path, dest_runs: Path, dest_history: Path, **changes) -> None:
+    dest_runs.parent.mkdir(parents=True, exist_ok=True)
+    dest_history.parent.mkdir(parents=True, exist_ok=True)
+    dest_runs.write_text(json.dumps({**json.loads(src_runs.read_text()), **changes}))
+    shutil.copy(src_history, dest_history)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, make_results_project, repo_root, run_stage, compare_argv, argv) -> Path:
+    """The results project plus under_5k's five committed runs, its search record and the earlier
+    test-set uses (the repository's), a confirmation configured with three made-up runs, and
+    published-path reruns of lr_scheduler over seeds 1-5 (our run files, best test shifted)."""
+    root = make_results_project(tmp_path_factory.mktemp("full"))
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["variants"]["under_5k"] = yaml.safe_load((repo_root / "params.yaml").read_text())["variants"]["under_5k"]
+    raw["seeds"]["variants"].append("under_5k")
+    raw["published_path"].update(seeds=[1, 2, 3, 4, 5], margin=0.15)
+    raw["confirmation"] = CONFIRMATION
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for s in range(1, 6):
+        copy_run(repo_root / f"metrics/runs/under_5k/seed_{s}.json", repo_root / f"metrics/history/under_5k/seed_{s}.json",
+                 root / f"metrics/runs/under_5k/seed_{s}.json", root / f"metrics/history/under_5k/seed_{s}.json")
+        run = json.loads((root / f"metrics/runs/lr_scheduler/seed_{s}.json").read_text())
+        copy_run(root / f"metrics/runs/lr_scheduler/seed_{s}.json", root / f"metrics/history/lr_scheduler/seed_{s}.json",
+                 root / f"metrics/published_path/runs/lr_scheduler/seed_{s}.json",
+                 root / f"metrics/published_path/history/lr_scheduler/seed_{s}.json",
+                 data_path="published", best_test_acc=round(run["best_test_acc"] + PATH_BEST_SHIFT[s], 2))
+    shutil.copy(repo_root / "metrics/errors/under_5k.json", root / "metrics/errors/under_5k.json")
+    shutil.copytree(repo_root / "metrics/search", root / "metrics/search")
+    for s, final in CONFIRMED_FINALS.items():
+        copy_run(repo_root / f"metrics/runs/under_5k/seed_{s - 100}.json",
+                 repo_root / f"metrics/history/under_5k/seed_{s - 100}.json",
+                 root / f"metrics/confirmation/runs/seed_{s}.json", root / f"metrics/confirmation/history/seed_{s}.json",
+                 seed=s, final_test_acc=final)
+    run_stage("compare", compare_argv(root))
+    run_stage("report", argv(root, search=root / "metrics/search"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_report(full) -> str:
+    return (full / "metrics/report.md").read_text()
+
+
+def section(report: str, heading: str) -> str:
+    return report.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_published_path_over_seeds_by_hand(full, full_report):
+    text = section(full_report, "## Our data path against the published data path")
+    assert "margin ±0.15" in text and "*equivalent* when the 90% CI lies inside ±0.15" in text
+    header, *rows = table_after(full_report, "## Our data path against the published data path")
+    best = dict(zip(header, rows[0]))
+    # ours 99.47, 99.43, 99.51, 99.43, 99.52; published path 99.45, 99.48, 99.50, 99.40, 99.49:
+    # +0.008, se 0.02627, Welch df 7.98; 95% CI ± 2.3073 · 0.02627 = [-0.05, +0.07]; 90% [-0.04, +0.06]
+    assert best == {"Variant": "lr_scheduler", "Metric": "best test", "Seeds": "1, 2, 3, 4, 5",
+                    "Ours per seed": "99.47, 99.43, 99.51, 99.43, 99.52",
+                    "Published path per seed": "99.45, 99.48, 99.50, 99.40, 99.49", "Difference": "+0.01",
+                    "95% CI": "[-0.05, +0.07]", "90% CI": "[-0.04, +0.06]", "df": "8.0", "Verdict": "equivalent"}
+    # the final epochs are the same files unchanged: a difference of exactly 0 with the same spreads
+    assert dict(zip(header, rows[1]))["Difference"] == "+0.00"
+    table = json.loads((full / "metrics/table/7_lr_scheduler.json").read_text())
+    assert table["pp"] == {"best": "equivalent"}
+    assert {r["published_path"] for r in curves_of(full) if r["variant"] == "lr_scheduler"} != {None}
+
+
+def test_the_confirmation_is_reported_with_both_earlier_uses(full_report):
+    text = section(full_report, "## Confirmation: under_5k")
+    assert "seeds 101, 102, 103 (never run before) is at least 99.40%" in text
+    # finals 99.45, 99.38, 99.52: mean 99.45, SD 0.07; PI low 99.45 − 4.3027 · 0.07 · sqrt(4/3) = 99.10
+    assert ("**Outcome: criterion met**: mean final test 99.45% (SD 0.070) over 3 seeds, prediction interval's "
+            "lower end 99.10, 2 of 3 seeds at 99.40% or above.") in text
+    header, *rows = table_after(full_report, "## Confirmation: under_5k")
+    assert [r[:2] for r in rows] == [["1. first design", "`cd54f9d`"],
+                                     ["2. second design (the search's new choice)", "`5d235eb`"],
+                                     ["3. confirmation (`confirm@<seed>`)", "–"]]
+    first = dict(zip(header, rows[0]))
+    # the first design's five test runs, as committed at cd54f9d: the lowest final is 99.33
+    assert first["Final test per seed"] == "99.36, 99.51, 99.48, 99.33, 99.40" and first["Final ≥ 99.40"] == "3 of 5"
+    assert first["Model (params)"] == "c8-8-12-12-16 (4,808)"
+    assert dict(zip(header, rows[2]))["Final test per seed"] == "99.45, 99.38, 99.52"
+
+
+def test_the_search_section_states_the_test_set_uses_and_what_one_change_did(full_report):
+    text = section(full_report, "## Design search: under_5k")
+    assert "never on the test set" not in full_report
+    assert "2 earlier designs were run on it before the confirmation" in text
+    header, *rows = table_after(full_report, "One change at a time")
+    # Adam's peak lr 0.003 -> 0.01 on the compact model: 99.137 -> 99.357 on 10,000 validation images
+    assert ["lr", "0.003", "0.01", "10,000", "99.137", "99.357", "+0.220"] in rows
+
+
+def test_a_confirmation_not_run_yet_says_the_command(full, tmp_path, run_stage, compare_argv, argv):
+    root = tmp_path / "project"
+    shutil.copytree(full, root)
+    shutil.rmtree(root / "metrics/confirmation")
+    run_stage("report", argv(root, search=root / "metrics/search"))
+    text = section((root / "metrics/report.md").read_text(), "## Confirmation: under_5k")
+    assert ("**Outcome: not run yet: `dvc repro confirm` (stages confirm@101 ... confirm@103, 3 runs of "
+            "under_5k).**") in text
+    assert "1. first design" in text and "3. confirmation" not in text
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("uses"), "lacks uses"),
+    (lambda r: r["uses"][0]["runs"][1].pop("final_test_acc"), "entries need seed, best_test_acc and final_test_acc"),
+])
+def test_a_malformed_test_set_uses_record_is_one_line(full, tmp_path, edit, message):
+    from mnist_repro.errors import InputFileError
+    from mnist_repro.run_files import read_test_set_uses
+
+    raw = json.loads((full / "metrics/search/test_set_uses.json").read_text())
+    edit(raw)
+    (tmp_path / "test_set_uses.json").write_text(json.dumps(raw))
+    with pytest.raises(InputFileError, match=message) as info:
+        read_test_set_uses(tmp_path)
+    assert "\n" not in str(info.value) and "research/test_set_uses.py" in str(info.value)
+
+
+def test_the_committed_test_set_uses_are_what_git_history_holds(repo_root, tmp_path):
+    """metrics/search/test_set_uses.json is research/test_set_uses.py's output from the commits it names."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "cat-file", "-e", "cd54f9d^{commit}"], cwd=repo_root, capture_output=True).returncode:
+        pytest.skip("this checkout lacks commit cd54f9d (a shallow clone): the earlier test uses cannot be re-read")
+    out = tmp_path / "test_set_uses.json"
+    subprocess.run([sys.executable, "research/test_set_uses.py", "--out", out], cwd=repo_root, check=True,
+                   capture_output=True)
+    assert json.loads(out.read_text()) == json.loads((repo_root / "metrics/search/test_set_uses.json").read_text())

@@ -148,6 +148,15 @@ class SeedsConfig:
 @dataclass(frozen=True)
 class PublishedPathConfig:
     variants: tuple
+    seeds: tuple = (1,)   # STUB (pipeline owns the real one): seeds of each published-path rerun
+    margin: float = 0.15  # STUB: equivalence margin, percentage points of test accuracy
+
+
+@dataclass(frozen=True)
+class ConfirmationConfig:  # STUB (pipeline owns the real one)
+    variant: str
+    seeds: tuple
+    min_final_test_mean: float
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,12 @@ class Params:
     published_path: PublishedPathConfig
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
+    confirmation: ConfirmationConfig | None = None  # STUB: optional until params.yaml has the section
+
+    def seeds_of(self, name: str) -> tuple:
+        """STUB: train.seed first, then seeds.extra for the variants seeds.variants lists."""
+        extra = self.seeds.extra if name in self.seeds.variants else ()
+        return (self.train.seed, *(s for s in extra if s != self.train.seed))
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -233,12 +248,13 @@ def _section(raw: dict, name: str) -> dict:
 
 
 SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_path", "precision", "benchmark")
+OPTIONAL_SECTIONS = ("confirmation",)  # STUB
 
 
 def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: expected a mapping at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown section; allowed are {', '.join(SECTIONS)}")
     missing = [s for s in SECTIONS if s not in raw]
@@ -263,7 +279,12 @@ def parse_params(raw: Any) -> Params:
         variants=variants,
         seeds=seeds,
         published_path=_build(PublishedPathConfig, {**code_raw, "variants": _variant_list(
-            code_raw.get("variants"), "published_path.variants", variants)}, "published_path"),
+            code_raw.get("variants"), "published_path.variants", variants),
+            **({"seeds": _int_list(code_raw["seeds"], "published_path.seeds")} if "seeds" in code_raw else {})},
+            "published_path"),
+        confirmation=None if "confirmation" not in raw else _build(ConfirmationConfig, {
+            **_section(raw, "confirmation"),
+            "seeds": _int_list(raw["confirmation"].get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
         benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )

@@ -50,7 +50,7 @@ def _epoch_axis(ax, ylabel: str | None = "test accuracy (%)") -> None:
 def comparison_figure(title: str, ours: list[dict], n_seeds: int, published: list[tuple] | None,
                       code: list[tuple] | None, path: str | Path, target: float) -> Path:
     """Our per-epoch test accuracy (seed mean, min-max band) against the published run's
-    log and the published code rerun here; zoomed on the left, full scale on the right.
+    log and the published data path rerun here (mean of its seeds); zoomed on the left, full scale on the right.
     ours: stats.mean_curve output, [] (n_seeds 0) for a variant not run yet: the published
     curves alone; published, code: (epoch, test accuracy) pairs or None."""
     fig = Figure(figsize=(11, 5), layout="constrained")
@@ -68,7 +68,7 @@ def comparison_figure(title: str, ours: list[dict], n_seeds: int, published: lis
         for series, style, label in ((published, dict(color="tab:red", marker="s", linestyle="--"),
                                       "published run (its notebook's log)"),
                                      (code, dict(color="tab:green", marker="^", linestyle=":"),
-                                      "published code, rerun here")):
+                                      "published data path rerun here (mean of its seeds)")):
             if series:
                 ax.plot([e for e, _ in series], [a for _, a in series], markersize=4, label=label, **style)
         ax.axhline(target, color="black", linestyle="--", linewidth=1)

@@ -36,6 +36,11 @@ class PublishedRun:
         return max(self.log, key=lambda e: e["test_acc"])
 
     @property
+    def log_best(self) -> float:
+        """The log's best test accuracy: the published best test, from one source (the log)."""
+        return self.log_best_test["test_acc"]
+
+    @property
     def log_final_test(self) -> float:
         return self.log[-1]["test_acc"]
 

@@ -1,21 +1,26 @@
 """Reading what the training stages wrote, with one-line errors that name the stage to rerun.
 
-Only the runs params.yaml configures are read: every variant's main run (seed
-train.seed, stage train@<variant>), the extra seeds of the variants listed under
-seeds.variants (stage seed@<variant>-<seed>) and the published-path reruns listed
-under published_path.variants (stage published_path@<variant>). A leftover file of
-a seed no longer configured is ignored; a configured one that is missing or stale
-stops the stage before anything is written, with one exception: a variant whose
-main run file is missing is "not run yet" (no runs: one variant can take hours, and
-the others are worth comparing meanwhile); its extra seeds, if any, wait for it.
+Only the runs params.yaml configures are read: each variant's seeds (Params.seeds_of:
+train.seed's run is stage train@<variant>, the others seed@<variant>-<seed>), the
+published-path reruns (published_path.variants x published_path.seeds, stage
+published_path@<variant>-<seed>) and the confirmation runs (confirmation.seeds, stage
+confirm@<seed>). A leftover file of a seed no longer configured is ignored; a
+configured one that is missing or stale stops the stage before anything is written,
+with exceptions for what is "not run yet": a variant whose main run file is missing
+(one variant can take hours, and the others are worth comparing meanwhile; its other
+seeds wait for it), a published-path variant or the confirmation with none of its
+files. Partly run, they are an error: a result from the seeds that happen to be done
+would be a result chosen by the clock.
 
 Layout (directories passed by dvc.yaml):
-    <runs>/<variant>/seed_<s>.json          one run's summary
-    <history>/<variant>/seed_<s>.json       its per-epoch history
-    <published_path>/<variant>.json         the published data path rerun here, seed train.seed
-    <published_path>/history/<variant>.json its per-epoch history
-    <errors>/<variant>.json                 the main run's misclassified test images
-    <search>/<variant>.json                 a design search's record (mnist_repro.search), if any
+    <runs>/<variant>/seed_<s>.json                      one run's summary
+    <history>/<variant>/seed_<s>.json                   its per-epoch history
+    <published_path>/runs/<variant>/seed_<s>.json       the published data path rerun here (same keys)
+    <published_path>/history/<variant>/seed_<s>.json    its per-epoch history
+    <confirmation>/runs/seed_<s>.json                   the confirmation runs of confirmation.variant
+    <errors>/<variant>.json                             the main run's misclassified test images
+    <search>/<variant>.json                             a design search's record (mnist_repro.search)
+    <search>/test_set_uses.json                         the earlier test-set uses (research/test_set_uses.py)
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from .errors import InputFileError
 RUN_KEYS = ("variant", "seed", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",
             "epochs", "train_images", "test_images", "wall_seconds", "device", "device_name", "num_processes",
             "num_machines", "mixed_precision", "torch")
-CODE_KEYS = ("variant", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc", "epochs")
 
 
 def read_input(path: str | Path, how_to_make: str):
@@ -42,12 +46,6 @@ def read_input(path: str | Path, how_to_make: str):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); {how_to_make}") from None
-
-
-def configured_seeds(params: Params, name: str) -> tuple:
-    """train.seed first (the run compared one-to-one with the published single run), then the extras."""
-    extra = params.seeds.extra if name in params.seeds.variants else ()
-    return (params.train.seed, *(s for s in extra if s != params.train.seed))
 
 
 def seed_stage(params: Params, name: str, seed: int) -> str:
@@ -82,7 +80,7 @@ def read_history(path: Path, epochs: int, summary: str, how_to_make: str) -> lis
 def not_run_note(params: Params, runs_dir: str | Path, name: str) -> str:
     """Why a variant has no runs and the stage that makes its main run, on one line."""
     path = seed_file(runs_dir, name, params.train.seed)
-    extras = [s for s in configured_seeds(params, name)[1:] if seed_file(runs_dir, name, s).is_file()]
+    extras = [s for s in params.seeds_of(name)[1:] if seed_file(runs_dir, name, s).is_file()]
     # Extra seeds alone would be compared as if one of them were the main run: say why they are unused.
     ignored = f"; extra seeds {', '.join(map(str, extras))} present, ignored until it exists" if extras else ""
     return f"not run yet ({path} missing{ignored}): dvc repro {seed_stage(params, name, params.train.seed)}"
@@ -96,7 +94,7 @@ def read_runs(params: Params, runs_dir: str | Path) -> dict:
         runs[name] = []
         if not seed_file(runs_dir, name, params.train.seed).is_file():
             continue
-        for seed in configured_seeds(params, name):
+        for seed in params.seeds_of(name):
             path = seed_file(runs_dir, name, seed)
             how = f"run `dvc repro {seed_stage(params, name, seed)}`"
             runs[name].append(checked(read_input(path, how), path, RUN_KEYS, {"variant": name, "seed": seed}, how))
@@ -120,17 +118,61 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
     return histories
 
 
+def _runs_and_histories(paths: list[tuple], what: str) -> list[dict]:
+    """[(seed, run path, history path, expected keys, stage)] -> [{"metrics", "history"}] for a set of
+    seeds that is run together: [] when none of its run files exists, an error when some do."""
+    present = [p for p in paths if p[1].is_file()]
+    if not present:
+        return []
+    missing = [p for p in paths if not p[1].is_file()]
+    if missing:
+        seed, path, _, _, stage = missing[0]
+        raise InputFileError(f"{path}: missing, while {len(present)} of {len(paths)} seeds of {what} exist (a "
+                             f"result from some seeds would be chosen by the clock); run `dvc repro {stage}`")
+    out = []
+    for seed, path, history_path, expect, stage in paths:
+        how_to = f"run `dvc repro {stage}`"
+        metrics = checked(read_input(path, how_to), path, RUN_KEYS, expect, how_to)
+        out.append({"metrics": metrics, "history": read_history(history_path, metrics["epochs"], str(path), how_to)})
+    return out
+
+
 def read_published_path(params: Params, code_dir: str | Path) -> dict:
-    """variant -> {"metrics": ..., "history": ...} of the published-path rerun, for the
-    variants published_path.variants lists; the others are absent (not run)."""
-    code = {}
+    """variant -> [{"metrics", "history"}] per published_path.seeds, for the variants
+    published_path.variants lists; a variant with none of its files is absent (not run yet)."""
+    code, root = {}, Path(code_dir)
     for name in params.published_path.variants:
-        how = f"run `dvc repro published_path@{name}`"
-        path = Path(code_dir) / f"{name}.json"
-        metrics = checked(read_input(path, how), path, CODE_KEYS, {"variant": name}, how)
-        history = read_history(Path(code_dir) / "history" / f"{name}.json", metrics["epochs"], str(path), how)
-        code[name] = {"metrics": metrics, "history": history}
+        paths = [(s, seed_file(root / "runs", name, s), seed_file(root / "history", name, s),
+                  {"variant": name, "seed": s, "data_path": "published"}, f"published_path@{name}-{s}")
+                 for s in params.published_path.seeds]
+        runs = _runs_and_histories(paths, f"published_path@{name}")
+        if runs:
+            code[name] = runs
     return code
+
+
+def published_path_note(params: Params, name: str) -> str:
+    seeds = params.published_path.seeds
+    return (f"not run yet: `dvc repro published_path@{name}-{seeds[0]}` ... `published_path@{name}-{seeds[-1]}`"
+            if len(seeds) > 1 else f"not run yet: `dvc repro published_path@{name}-{seeds[0]}`")
+
+
+def read_confirmation(params: Params, confirmation_dir: str | Path) -> list[dict]:
+    """[{"metrics", "history"}] of the confirmation runs, confirmation.seeds in order; [] when
+    none exists (not run yet) or params.yaml configures no confirmation."""
+    cfg = params.confirmation
+    if cfg is None:
+        return []
+    root = Path(confirmation_dir)
+    paths = [(s, root / "runs" / f"seed_{s}.json", root / "history" / f"seed_{s}.json",
+              {"variant": cfg.variant, "seed": s}, f"confirm@{s}") for s in cfg.seeds]
+    return _runs_and_histories(paths, "the confirmation")
+
+
+def confirmation_note(params: Params) -> str:
+    seeds = params.confirmation.seeds
+    return (f"not run yet: `dvc repro confirm` (stages confirm@{seeds[0]} ... confirm@{seeds[-1]}, "
+            f"{len(seeds)} runs of {params.confirmation.variant})")
 
 
 def read_errors(params: Params, errors_dir: str | Path, name: str, runs: dict) -> dict | None:
@@ -156,6 +198,8 @@ def read_searches(params: Params, search_dir: str | Path) -> dict:
     <search>/<variant>.json; a record of a variant params.yaml lacks is an error."""
     searches = {}
     for path in sorted(Path(search_dir).glob("*.json")):
+        if path.name == TEST_SET_USES:
+            continue
         how = f"rerun `python -m mnist_repro.search {path.stem} --out {path}`"
         record = checked(read_input(path, how), path, SEARCH_KEYS, {"variant": path.stem}, how)
         if path.stem not in params.variants:
@@ -163,3 +207,24 @@ def read_searches(params: Params, search_dir: str | Path) -> dict:
                                  "delete it or add the variant")
         searches[path.stem] = record
     return searches
+
+
+TEST_SET_USES = "test_set_uses.json"   # in the search directory: written by research/test_set_uses.py
+USE_KEYS = ("use", "commit", "variant", "model", "params", "runs")
+
+
+def read_test_set_uses(search_dir: str | Path) -> list[dict]:
+    """The earlier uses of the test set, each {"use", "commit", "variant", "model", "params", "runs":
+    [{"seed", "best_test_acc", "final_test_acc"}]}, read from git history by research/test_set_uses.py."""
+    path = Path(search_dir) / TEST_SET_USES
+    how = f"run `python research/test_set_uses.py --out {path}` and commit it"
+    record = checked(read_input(path, how), path, ("uses",), {}, how)
+    if not isinstance(record["uses"], list):
+        raise InputFileError(f"{path}: uses: expected a list; {how}")
+    for i, use in enumerate(record["uses"]):
+        checked(use, path, USE_KEYS, {}, how)
+        for run in use["runs"] if isinstance(use["runs"], list) else [None]:
+            if not isinstance(run, dict) or not {"seed", "best_test_acc", "final_test_acc"} <= set(run):
+                raise InputFileError(f"{path}: uses[{i}].runs: entries need seed, best_test_acc and "
+                                     f"final_test_acc, got {run!r}; {how}")
+    return record["uses"]

@@ -1,21 +1,29 @@
-"""Statistics of the comparison: seed spreads, the noise band and its verdict, curve facts.
+"""Statistics of the comparison: seed spreads, prediction intervals and their verdicts, curve facts.
 
 Pure functions of numbers and per-epoch lists; nothing here reads a file or formats text.
+docs/statistics.md states the rules for a reader; in short:
 
-The verdict rule
-----------------
-Our runs of a variant (n seeds, the same recipe) give best test accuracies with
-mean m and sample standard deviation sd (ddof 1; sd = 0 when n = 1). The
-published best test accuracy p is one run, measured on N test images, so it
-carries a binomial sampling error se = sqrt(p (1 - p) / N) (p as a fraction, se
-in percentage points) on top of the seed-to-seed spread that sd estimates.
-The band is
+The verdict rule (one published run against n runs of ours)
+-----------------------------------------------------------
+Our n seeds of a variant give values (best or final test accuracy) with mean m and
+sample SD s (ddof 1). The 95% prediction interval for one more run of our code is
 
-    m ± 2 · sqrt(sd² + se²)
+    m ± t(0.975, n − 1) · s · sqrt(1 + 1/n)
 
-and the verdict says where p falls: "within" the band (ends included),
-"above" it or "below" it. N is our runs' test-image count; with one seed the band
-is m ± 2·se.
+The published value, one run on the same 10,000 test images, is "consistent" (inside,
+ends included: not rejected, not proven equal), "above" or "below" it. With n < 3
+there is no interval and the verdict is "too few runs". No binomial term: the seed
+spread s is already measured on the same test images.
+
+Our data path against the published data path (the same seeds on both)
+------------------------------------------------------------------------
+The difference of means (ours − published path) with a Welch confidence interval
+(Welch–Satterthwaite df). Equivalence by TOST at 5%: "equivalent" when the 90% CI
+lies inside ±margin; else "different" when the 95% CI excludes 0; else
+"inconclusive".
+
+t-quantiles are computed exactly (Student-t CDF through the regularized incomplete
+beta function, inverted by bisection), so non-integer df work; no scipy.
 """
 
 from __future__ import annotations
@@ -23,11 +31,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-BAND_SIGMAS = 2
 GAP_AFTER_EPOCH = 3   # the first epochs are warm-up, where one late start dominates every difference
 CHANCE_ACC = 20.0     # test accuracy (%) below which an epoch has learnt next to nothing (chance is ~10%)
-SWING_EPOCHS = 5      # late epochs whose epoch-to-epoch changes are compared with the band
+SWING_EPOCHS = 5      # late epochs whose epoch-to-epoch changes are compared with the interval
 TREND_EPOCHS = 3
+LEVEL = 0.95          # two-sided level of every interval
+MIN_RUNS = 3          # fewer runs of ours: "too few runs", no interval
+TOO_FEW = "too few runs"
+VERDICTS = ("consistent", "above", "below")
+EQUIVALENCE = ("equivalent", "different", "inconclusive")
 
 
 def describe(values: list[float]) -> dict:
@@ -41,39 +53,144 @@ def describe(values: list[float]) -> dict:
 
 
 def seed_summary(runs: list[dict]) -> dict:
-    """Spread over one variant's runs (train.summarize dicts) of its three accuracies."""
+    """Spread over one variant's runs (run-file dicts) of its three accuracies."""
     return {"n": len(runs),
             "best_test": describe([r["best_test_acc"] for r in runs]),
             "final_test": describe([r["final_test_acc"] for r in runs]),
             "best_train": describe([r["best_train_acc"] for r in runs])}
 
 
-def binomial_se(acc_percent: float, n_images: int) -> float:
-    """Standard error, in percentage points, of an accuracy measured on n independent images."""
-    p = acc_percent / 100
-    return 100 * math.sqrt(p * (1 - p) / n_images)
+# --- Student's t, exactly -----------------------------------------------------------------
 
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta: no convergence at a={a}, b={b}, x={x}")
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1 - front * _beta_fraction(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df > 0 degrees of freedom (df need not be an integer)."""
+    tail = 0.5 * incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    return 1 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with t_cdf(t, df) = p, by bisection to machine precision; 0 < p < 1."""
+    if not 0 < p < 1 or df <= 0:
+        raise ValueError(f"t_quantile: needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        low, high = high, high * 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2
+
+
+# --- one published run against our seeds ----------------------------------------------------
 
 @dataclass(frozen=True)
-class Band:
-    mean: float         # of our seeds' best test accuracy
-    sd: float           # sample SD of the same, 0 with one seed
-    se: float           # binomial SE at the published accuracy over our test-image count
-    half_width: float   # BAND_SIGMAS * sqrt(sd² + se²)
+class Interval:
+    """The prediction interval for one more run of ours; half_width None below MIN_RUNS runs."""
+    n: int
+    mean: float
+    sd: float
+    half_width: float | None
+
+    @property
+    def low(self) -> float | None:
+        return None if self.half_width is None else self.mean - self.half_width
+
+    @property
+    def high(self) -> float | None:
+        return None if self.half_width is None else self.mean + self.half_width
+
+    def contains(self, value: float) -> bool:
+        return self.half_width is not None and self.low <= value <= self.high
 
     def verdict(self, published: float) -> str:
-        if published > self.mean + self.half_width:
-            return "above"
-        if published < self.mean - self.half_width:
-            return "below"
-        return "within"
+        """Where the published value falls: "consistent", "above", "below", or TOO_FEW."""
+        if self.half_width is None:
+            return TOO_FEW
+        return "above" if published > self.high else "below" if published < self.low else "consistent"
 
 
-def band(best_tests: list[float], published: float, n_images: int) -> Band:
-    """The noise band of our seeds' best test accuracies around which `published` is judged."""
-    d = describe(best_tests)
-    se = binomial_se(published, n_images)
-    return Band(d["mean"], d["sd"], se, BAND_SIGMAS * math.sqrt(d["sd"] ** 2 + se ** 2))
+def prediction_interval(values: list[float], level: float = LEVEL) -> Interval:
+    """mean ± t((1 + level)/2, n − 1) · sd · sqrt(1 + 1/n) over our runs' values."""
+    d = describe(values)
+    n = d["n"]
+    if n < MIN_RUNS:
+        return Interval(n, d["mean"], d["sd"], None)
+    t = t_quantile((1 + level) / 2, n - 1)
+    return Interval(n, d["mean"], d["sd"], t * d["sd"] * math.sqrt(1 + 1 / n))
+
+
+def also_contains(interval: Interval, published: dict, own: str) -> list[str]:
+    """The other variants (name -> published value) whose published value the interval also
+    contains: what a "consistent" verdict cannot tell apart from this variant's."""
+    return [name for name, value in published.items() if name != own and interval.contains(value)]
+
+
+# --- our data path against the published data path ---------------------------------------
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) with Welch's confidence intervals (Welch–Satterthwaite df)."""
+    diff: float
+    se: float
+    df: float
+
+    def ci(self, level: float = LEVEL) -> tuple[float, float]:
+        half = t_quantile((1 + level) / 2, self.df) * self.se if self.se else 0.0
+        return self.diff - half, self.diff + half
+
+    def equivalence(self, margin: float) -> str:
+        """TOST at 5%: "equivalent" when the 90% CI lies within ±margin; else "different"
+        when the 95% CI excludes 0; else "inconclusive"."""
+        low, high = self.ci(1 - 2 * (1 - LEVEL))
+        if -margin < low and high < margin:
+            return "equivalent"
+        low, high = self.ci(LEVEL)
+        return "different" if low > 0 or high < 0 else "inconclusive"
+
+
+def welch(a: list[float], b: list[float]) -> Difference | None:
+    """Difference of means a − b; None when either side has fewer than 2 values."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    da, db = describe(a), describe(b)
+    va, vb = da["sd"] ** 2 / da["n"], db["sd"] ** 2 / db["n"]
+    se = math.sqrt(va + vb)
+    # Welch–Satterthwaite; two spreads of exactly zero leave no df to estimate: the pooled one
+    df = (va + vb) ** 2 / (va ** 2 / (da["n"] - 1) + vb ** 2 / (db["n"] - 1)) if se else da["n"] + db["n"] - 2
+    return Difference(da["mean"] - db["mean"], se, df)
 
 
 # --- per-epoch curves -----------------------------------------------------------------
@@ -86,26 +203,6 @@ def mean_curve(histories: list[list[dict]], key: str = "test_acc") -> list[dict]
         curve.append({"epoch": epoch_entries[0]["epoch"], "mean": sum(values) / len(values),
                       "min": min(values), "max": max(values)})
     return curve
-
-
-CURVE_KEYS = ("ours_mean", "ours_min", "ours_max", "published", "published_path")
-
-
-def plot_curve(ours: list[dict], published_log, code_history) -> list[dict]:
-    """Per epoch, for `dvc plots`: {"epoch", "ours_mean", "ours_min", "ours_max", "published"} and
-    "published_path" where that rerun exists, in percent, rounded to 2 decimals. The first four are
-    always there, null where the series lacks the epoch (not run yet, no published entry): a plot
-    naming a field that one variant's file lacks drops that plot for every variant. ours:
-    mean_curve output, [] when not run; the others: per-epoch dicts with "test_acc", or None."""
-    values: dict[int, dict] = {}
-    for o in ours:
-        values.setdefault(o["epoch"], {}).update(ours_mean=o["mean"], ours_min=o["min"], ours_max=o["max"])
-    for key, log in (("published", published_log), ("published_path", code_history)):
-        for e in log or ():
-            values.setdefault(e["epoch"], {})[key] = e["test_acc"]
-    return [{"epoch": epoch, **{k: round(v[k], 2) if k in v else None for k in CURVE_KEYS
-                                if k in v or k != "published_path"}}
-            for epoch, v in sorted(values.items())]
 
 
 @dataclass(frozen=True)
@@ -148,26 +245,3 @@ def trend(values: list[float]) -> str:
     if steps and all(s < 0 for s in steps):
         return "falling each epoch"
     return "not monotonic"
-
-
-# --- which side is off ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Attribution:
-    """For a variant outside its band: does the published code, rerun here, side with
-    our runs or with the published run? Both judged with the variant's band half-width."""
-    code: float
-    ours_vs_code: bool        # our seed mean and the published code here differ beyond the band
-    published_vs_code: bool   # the published run and the published code here differ beyond it
-
-    @property
-    def cause(self) -> str:
-        if self.ours_vs_code and not self.published_vs_code:
-            return "a bug in ours"
-        if self.published_vs_code and not self.ours_vs_code:
-            return "the published run's own noise"
-        return "undecided"
-
-
-def attribute(b: Band, published: float, code: float) -> Attribution:
-    return Attribution(code, abs(code - b.mean) > b.half_width, abs(code - published) > b.half_width)

@@ -1,30 +1,27 @@
 """The comparison table: one JSON file per variant, which `dvc metrics show --md` prints.
 
-DVC flattens nested keys with "." and sorts the columns by name, so the keys are
-chosen to read as a side-by-side table (widths measured for the README):
+DVC flattens nested keys with "." and lists one column per key; the keys are short so
+that the table fits a 200-column terminal (tests/test_compare.py measures it):
 
-    best_test.ours | best_test.published | best_test.published_path | best_test_epoch.ours |
-    best_test_epoch.published | best_train.ours | best_train.published | final_test.ours |
-    final_test.published | params.ours | params.published | seeds.best_test_mean |
-    seeds.best_test_sd | seeds.final_reach_99_4 | seeds.final_test_mean | seeds.final_test_min |
-    seeds.n | verdict.band | verdict.published
+    best.also  best.mean  best.pi  best.pub  best.v  best.wu  fin.mean  fin.pi  fin.pub  fin.v  n  params  pp.best
 
-"ours" is our train.seed run, the counterpart of the published single run; the
-seed mean and SD beside it are what the verdict uses (stats.py states the rule).
-The final-epoch columns say whether a recipe holds the headline without choosing
-the epoch on the test set: the seeds' mean and lowest final test accuracy, and
-how many seeds end at GOAL or more. verdict.published is where the published best test falls, "within", "above" or
-"below" our band of ± verdict.band points. "published" comes from
-reference/published.json: params, best train and best test from the write-up's
-table, best-test epoch and final test from its notebook's log. A value that does
-not exist is null (DVC shows "-"): no published entry for the variant, or its
-published code not rerun here. No wall time or speed: they are in the run files.
-A variant not run yet (inputs.not_run_note) keeps its row, published values filled:
-every "ours" value and the seed summary are null (seeds.n 0), verdict.published is
-"not run".
+best.* is the best-epoch test accuracy (the published metric), fin.* the last epoch's
+(no epoch chosen on the test set). mean: our mean over n seeds; pi: the half-width of
+the 95% prediction interval for one more run of ours (stats.prediction_interval; null
+below stats.MIN_RUNS runs); pub: the published notebook's own log (reference.py); v:
+where the published value falls, "consistent" (not rejected, not proven equal),
+"above", "below", "too few runs", or "not run". best.also: how many OTHER variants'
+published best values our interval also contains (what the verdict cannot tell
+apart). best.wu: the write-up's table value of best test, which is not always its
+log's best (the report names each disagreement). params: ours. pp.best: our data path
+against the published data path over the same seeds, the TOST verdict on the difference
+of mean best test ("equivalent", "different", "inconclusive"; stats.welch), null where
+not run; the final-epoch one is in the report (a second column would pass 200
+characters). A value that does not exist is null (DVC shows "-").
 
-Rows are sorted by path too, so each file is named <step>_<variant>.json with the
+Rows are sorted by path, so each file is named <step>_<variant>.json with the
 variant's position in params.yaml: the rows then read in the drill-down's order.
+The full detail (intervals' ends, the lists, every seed) is the report's.
 """
 
 from __future__ import annotations
@@ -33,12 +30,13 @@ from pathlib import Path
 
 from .config import Params
 from .errors import InputFileError
+from .reference import PublishedRun, Reference
 from .run_files import read_input
-from .reference import PublishedRun
-from .stats import band, describe
+from .stats import also_contains, prediction_interval, welch
 
-NOT_RUN = "not run"  # verdict.published of a variant not run yet
-GOAL = 99.4          # test accuracy (%), the headline "99.4% in 15 epochs"; seeds.final_reach_99_4 counts it
+NOT_RUN = "not run"  # the verdicts of a variant not run yet
+# table key -> (run-file key, PublishedRun attribute)
+METRICS = {"best": ("best_test_acc", "log_best"), "fin": ("final_test_acc", "log_final_test")}
 
 
 def table_file(table_dir: str | Path, params: Params, name: str) -> Path:
@@ -47,51 +45,68 @@ def table_file(table_dir: str | Path, params: Params, name: str) -> Path:
     return Path(table_dir) / f"{names.index(name) + 1:0{width}d}_{name}.json"
 
 
-def _get(obj, attr: str):
-    return None if obj is None else getattr(obj, attr)
+def published_values(reference: Reference, params: Params, metric: str) -> dict:
+    """variant -> its published log's value of metric ("best" or "fin"), for those with an entry."""
+    attr = METRICS[metric][1]
+    return {name: getattr(reference.get(name), attr) for name in params.variants if reference.get(name)}
 
 
-def _round(value: float | None, digits: int) -> float | None:
+def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def table_row(runs: list[dict], published: PublishedRun | None, code: dict | None) -> dict:
+def same_seeds(runs: list[dict], code: list[dict], key: str) -> tuple[list, list, list]:
+    """(seeds, ours, the published path's) values of key over the seeds both data paths have run."""
+    ours = {r["seed"]: r[key] for r in runs}
+    both = [c["metrics"] for c in code if c["metrics"]["seed"] in ours]
+    return [m["seed"] for m in both], [ours[m["seed"]] for m in both], [m[key] for m in both]
+
+
+def same_seed_difference(runs: list[dict], code: list[dict], key: str):
+    """stats.welch of ours − the published path on key, over the seeds both have run (None below 2)."""
+    _, ours, theirs = same_seeds(runs, code, key)
+    return welch(ours, theirs)
+
+
+def _cell(metric: str, runs: list[dict], published: PublishedRun | None, comparable: bool, others: dict) -> dict:
+    key, attr = METRICS[metric]
+    pub = None if published is None else getattr(published, attr)
+    cell = {"mean": None, "pi": None, "pub": pub, "v": NOT_RUN if not runs else None}
+    if metric == "best":
+        cell.update(also=None, wu=None if published is None else published.best_test)
+    if not runs:
+        return cell
+    interval = prediction_interval([r[key] for r in runs])
+    cell.update(mean=_round(interval.mean), pi=_round(interval.half_width))
+    if comparable and pub is not None:
+        cell["v"] = interval.verdict(pub)
+        if metric == "best" and interval.half_width is not None:
+            cell["also"] = len(also_contains(interval, others, published.name))
+    return cell
+
+
+def table_row(runs: list[dict], published: PublishedRun | None, others: dict, code: list[dict] | None,
+              margin: float) -> dict:
     """One variant's row. runs: its configured runs, train.seed first (empty: not run yet);
-    published: its reference entry or None; code: the published-path rerun's summary or None."""
-    # A variant not run keeps every key, "ours" null: DVC lists the rows as one table.
-    ours = runs[0] if runs else {}
-    empty = {"mean": None, "sd": None, "min": None}
-    best = describe([r["best_test_acc"] for r in runs]) if runs else empty
-    final = describe([r["final_test_acc"] for r in runs]) if runs else empty
-    # The published numbers are test-set accuracies: a run evaluated on a training
-    # holdout (train.holdout) has no verdict against them.
-    comparable = bool(runs) and published is not None and ours.get("evaluated_on", "test") == "test"
-    noise = band([r["best_test_acc"] for r in runs], published.best_test, ours["test_images"]) if comparable else None
-    verdict = NOT_RUN if not runs else None if noise is None else noise.verdict(published.best_test)
-    return {
-        "best_test": {"ours": ours.get("best_test_acc"), "published": _get(published, "best_test"),
-                      "published_path": None if code is None else code["best_test_acc"]},
-        "best_test_epoch": {"ours": ours.get("best_test_epoch"),
-                            "published": None if published is None else published.log_best_test["epoch"]},
-        "best_train": {"ours": ours.get("best_train_acc"), "published": _get(published, "best_train")},
-        "final_test": {"ours": ours.get("final_test_acc"), "published": _get(published, "log_final_test")},
-        "params": {"ours": ours.get("params"), "published": _get(published, "params")},
-        # one seed has no spread to estimate: no SD in the table (the band's formula takes it as 0)
-        "seeds": {"n": len(runs), "best_test_mean": _round(best["mean"], 2),
-                  "best_test_sd": _round(best["sd"], 3) if len(runs) > 1 else None,
-                  "final_test_mean": _round(final["mean"], 2), "final_test_min": final["min"],
-                  "final_reach_99_4": sum(r["final_test_acc"] >= GOAL for r in runs) if runs else None},
-        "verdict": {"band": None if noise is None else round(noise.half_width, 2), "published": verdict},
-    }
+    published: its reference entry or None; others: published_values(..., "best") of every
+    variant; code: its published-path reruns ([{"metrics", "history"}]) or None; margin:
+    published_path.margin."""
+    # The published numbers are test-set accuracies: runs evaluated on a training holdout have no verdict.
+    comparable = bool(runs) and runs[0].get("evaluated_on", "test") == "test"
+    diff = same_seed_difference(runs, code, "best_test_acc") if runs and code else None
+    return {"best": _cell("best", runs, published, comparable, others),
+            "fin": _cell("fin", runs, published, comparable, others),
+            "n": len(runs), "params": runs[0]["params"] if runs else None,
+            "pp": {"best": None if diff is None else diff.equivalence(margin)}}
 
 
 def read_table(params: Params, table_dir: str | Path, runs: dict) -> dict:
-    """variant -> its row, in params.yaml order; runs (inputs.read_runs) must be the ones it was made from."""
+    """variant -> its row, in params.yaml order; runs (run_files.read_runs) must be the ones it was made from."""
     rows = {}
     for name in params.variants:
         path = table_file(table_dir, params, name)
         row = read_input(path, "run `dvc repro compare`")
-        n = row.get("seeds", {}).get("n") if isinstance(row, dict) else None
+        n = row.get("n") if isinstance(row, dict) else None
         if n != len(runs[name]):
             # A row from before a run was added (or removed) would put its "not run" beside the run's figures.
             raise InputFileError(f"{path}: counts {n} runs of {name}, the run files {len(runs[name])}: stale; "

@@ -1,0 +1,52 @@
+"""The report's section on our data path against the published one, over the same seeds."""
+
+from __future__ import annotations
+
+from ..markdown import markdown_table, pct, signed
+from ..run_files import published_path_note
+from ..stats import LEVEL
+from ..table import same_seed_difference, same_seeds
+from .inputs import ReportInputs
+
+KEYS = {"best test": "best_test_acc", "final test": "final_test_acc"}
+
+
+def _ci(diff, level: float) -> str:
+    low, high = diff.ci(level)
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def published_path_section(inputs: ReportInputs) -> list[str]:
+    cfg = inputs.params.published_path
+    equiv = 1 - 2 * (1 - LEVEL)
+    lines = [
+        f"The published notebooks' data path (DataLoader + PIL transforms) rerun on this pipeline for "
+        f"{', '.join(f'`{n}`' for n in cfg.variants)}, seeds {', '.join(map(str, cfg.seeds))}, against our runs of "
+        "the same seeds. Difference of means, ours − published path, with Welch's confidence intervals "
+        "(Welch–Satterthwaite df). Rule (TOST, two one-sided tests at 5%), margin "
+        f"±{cfg.margin:.2f} points from `params.yaml` (`published_path.margin`), set before these runs: "
+        f"*equivalent* when the {equiv:.0%} CI lies inside ±{cfg.margin:.2f}; else *different* when the "
+        f"{LEVEL:.0%} CI excludes 0; else *inconclusive*.",
+        "",
+    ]
+    rows, not_run = [], []
+    for name in cfg.variants:
+        code, runs = inputs.code.get(name), inputs.runs[name]
+        if not code or not runs:
+            not_run.append(f"- `{name}`: " + (published_path_note(inputs.params, name) if not code
+                                              else inputs.how_to_run(name)))
+            continue
+        for label, key in KEYS.items():
+            diff = same_seed_difference(runs, code, key)
+            seeds, ours, theirs = same_seeds(runs, code, key)
+            rows.append([name, label, ", ".join(map(str, seeds)), ", ".join(map(pct, ours)),
+                         ", ".join(map(pct, theirs)),
+                         *([signed(diff.diff), _ci(diff, LEVEL), _ci(diff, equiv), f"{diff.df:.1f}",
+                            diff.equivalence(cfg.margin)] if diff else ["–", "–", "–", "–", "fewer than 2 seeds"])])
+    if rows:
+        lines += [markdown_table(["Variant", "Metric", "Seeds", "Ours per seed", "Published path per seed",
+                                  "Difference", f"{LEVEL:.0%} CI", f"{equiv:.0%} CI", "df", "Verdict"], rows,
+                                 numeric={5, 8}), ""]
+    if not_run:
+        lines += ["Not run yet (the table's `pp.best` is empty for them):", "", *not_run]
+    return lines
