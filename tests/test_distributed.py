@@ -24,7 +24,8 @@ from conftest import (ONE_THREAD, error_lines, evaluate_saved, free_port, run_cm
 from mnist_repro.config import load_params
 from mnist_repro.data import load_split
 from mnist_repro.models import build_model
-from mnist_repro.train import build_optimizer, global_batches, prepare_images
+from mnist_repro.device_data import global_batches, prepare_images
+from mnist_repro.train import build_optimizer
 
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 512, 500, 32, 3
 TWO_PROCESSES = {"launch.multi_gpu": True, "launch.num_processes": 2}
