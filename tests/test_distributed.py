@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import sys
 import time
 
@@ -226,6 +228,25 @@ def quiet_launch(cmd: list) -> list:
     n = len(ACCELERATE_LAUNCH)
     assert tuple(cmd[:n]) == ACCELERATE_LAUNCH and cmd[n] == "-q", cmd
     return [*QUIET_LAUNCH, *cmd[n + 1:]]
+
+
+def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, base, quick_params):
+    """torch's launcher takes the Ctrl-C and forwards it to both processes: rank 0 says how to
+    resume, rank 1 nothing, and neither launcher nor process adds a traceback."""
+    _, two = two_params(quick_params, base / "ctrl-c.yaml", epochs=15, train_limit=TRAIN_LIMIT,
+                        test_limit=TEST_LIMIT, overrides={"train.batch_size": BATCH})
+    out = base / "ctrl-c"
+    ckpt = out / "ckpt"
+    run = Started(quiet_launch(train_cmd("lr_scheduler", two, mnist_root, out, checkpoint=ckpt)), cpu_env, out / "run")
+    deadline = time.monotonic() + 240
+    while not (ckpt / "node-0" / "run.json").exists():
+        assert run.returncode is None and time.monotonic() < deadline, run.stderr[-3000:]
+        time.sleep(0.01)
+    os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C does to a terminal's job
+    assert run.proc.wait(timeout=120) == 130
+    assert [line for line in run.stderr.splitlines() if line.strip()] == [
+        f"interrupted: rerun the same command to resume from the last finished epoch saved in {ckpt}"]
+    assert "Traceback" not in run.stdout and not (out / "metrics.json").exists()
 
 
 # --- two machines on localhost: one launcher per node, each with its own checkpoint directory ---
