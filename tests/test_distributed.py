@@ -230,6 +230,19 @@ def quiet_launch(cmd: list) -> list:
     return [*QUIET_LAUNCH, *cmd[n + 1:]]
 
 
+def test_a_diverged_two_process_run_says_so_once(cpu_env, mnist_root, base, quick_params):
+    """Both processes stop at the same epoch (the first non-finite step any of them saw) and
+    rank 0 alone says so: no process left waiting in a collective, no second line."""
+    params = quick_params(base / "diverge.yaml", epochs=2, train_limit=512, test_limit=100, overrides={
+        **ONE_THREAD, **TWO_PROCESSES, "train.batch_size": 128, "variants.skeleton.lr": 1e6})
+    out = base / "diverge"
+    proc = run_cmd(quiet_launch(train_cmd("skeleton", params, mnist_root, out)), cpu_env)
+    assert proc.returncode == 1
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: skeleton: loss became NaN or infinite at epoch 1, step ")
+    assert not out.exists()
+
+
 def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, base, quick_params):
     """torch's launcher takes the Ctrl-C and forwards it to both processes: rank 0 says how to
     resume, rank 1 nothing, and neither launcher nor process adds a traceback."""

@@ -76,9 +76,15 @@ def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainCon
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
         if live and step % LOG_EVERY == 0:
-            _check_finite(bad_step, variant, epoch)
+            if world == 1:  # N processes stop together, at the epoch's end
+                _check_finite(bad_step, variant, epoch)
             bar.set_postfix_str(f"at batch {step}: Loss={detached.item() / len(y):.4f} "
                                 f"Accuracy={100 * correct.item() / seen:.2f}", refresh=False)
+    if world > 1:  # the first step any process saw, so every process stops here, with one message
+        never = torch.iinfo(torch.long).max
+        first = torch.where(bad_step < 0, never, bad_step)
+        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        bad_step = torch.where(first == never, -1, first)
     _check_finite(bad_step, variant, epoch)
     totals = accelerator.reduce(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                              torch.tensor(float(seen), device=dev)]), "sum")
