@@ -2,7 +2,9 @@
 one variant; write its run summary, per-epoch history, and (main run) weights and misclassified
 test images.
 
-By hand:  accelerate launch stages/train.py lr_scheduler --quick     (prints, writes nothing)
+By hand:  python -m mnist_repro.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
+          (mnist_repro.launch is `accelerate launch`, same flags, without the launcher's own
+          traceback after an error or a Ctrl-C)
 In DVC:   dvc.yaml passes params.yaml's launch flags and every output path, so the
           flags that shaped a result are tracked and each path is written in one place.
 Ctrl-C stops it with one line on how to resume (rerun the same command: it resumes from
