@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 from .errors import UserError
 
@@ -55,7 +56,9 @@ def run(main, argv=None, *, resume_option: str | None = None) -> None:
 
     # A rank blocked in a collective when a peer exits raises the backend's error, not
     # KeyboardInterrupt: remembering the signal tells an interrupt from a failure.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    previous = signal.getsignal(signal.SIGINT)
+    ours = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if ours:
         signal.signal(signal.SIGINT, on_sigint)
     try:
         main(argv)
@@ -69,3 +72,6 @@ def run(main, argv=None, *, resume_option: str | None = None) -> None:
         if _speaks():
             print(interrupted_line(argv, resume_option), file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)

@@ -108,6 +108,7 @@ def quiet_launch(argv=None) -> int:
         if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # "failed (exitcode: 1)", "death signal", ...
     args = launch_command_parser().parse_args(argv)
+    args.quiet = False  # its one-process form would turn the stage's status (130 after a Ctrl-C) into 1
     # One process shares the terminal's process group with its stage: let the stage take the
     # Ctrl-C and keep waiting for its exit status. (torch's launcher of N processes installs
     # its own handler, forwards the signal and raises SignalException.)
