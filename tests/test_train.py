@@ -190,7 +190,7 @@ def killed(setup):
     cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False)
     _, (saved,) = run_until_checkpoint([cmd], setup["env"], out / "logs", [node0(ckpt) / "run.json"])
     # copies of the unfinished checkpoint, for the changed-params, unpickling and damaged-state tests
-    for copy in ("ckpt-copy", "ckpt-safe", "ckpt-truncated", "ckpt-bad-manifest"):
+    for copy in ("ckpt-copy", "ckpt-safe", "ckpt-truncated-model", "ckpt-truncated-optimizer", "ckpt-bad-manifest"):
         shutil.copytree(ckpt, out / copy)
     return dict(out=out, ckpt=ckpt, saved_epochs=len(saved["history"]))
 
@@ -276,12 +276,15 @@ def shown_lines(text: str) -> list[str]:
     return [line.split("\r")[-1] for line in text.split("\n") if line.split("\r")[-1].strip()]
 
 
-def test_a_truncated_state_is_reported_in_one_line_and_the_run_starts_over(killed, uninterrupted, setup):
-    ckpt = killed["out"] / "ckpt-truncated"
+@pytest.mark.parametrize("part, file", [("model", "model.safetensors"), ("optimizer", "optimizer.bin")])
+def test_a_truncated_state_is_reported_in_one_line_and_the_run_starts_over(killed, uninterrupted, setup, part, file):
+    """The weights are the first file loaded, the optimiser's the second: a state that fails
+    after the weights loaded must still start over from the fresh weights."""
+    ckpt = killed["out"] / f"ckpt-truncated-{part}"
     state = node0(ckpt) / f"epoch-{killed['saved_epochs']}"
-    weights = state / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a disk that filled up
-    out = killed["out"] / "after-truncation"
+    damaged = state / file
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a disk that filled up
+    out = killed["out"] / f"after-truncation-{part}"
     proc = run_cmd(train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False),
                    setup["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
