@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 
 from mnist_repro import cli
-from mnist_repro.benchmark import run_benchmark
+from mnist_repro.benchmark import benchmark_and_write
 from mnist_repro.config import load_params
-from mnist_repro.files import write_json
-from mnist_repro.train import make_accelerator
 
 
 def main(argv=None) -> None:
@@ -17,13 +15,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="data", help="root holding MNIST/raw")
     ap.add_argument("--out", required=True, help="benchmark JSON to write")
     args = ap.parse_args(argv)
-
-    params = load_params(args.params)
-    bench = params.benchmark
-    result = run_benchmark(params.variant(bench.variant), params.train, args.data,
-                           bench.steps, bench.repeats, make_accelerator(), bench.mixed_precision)
-    write_json(args.out, result)
-    print({k: result[k] for k in ("variant", "train", "test", "peak_rss_mib_ours")})
+    benchmark_and_write(load_params(args.params), args.data, args.out)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,35 @@
-"""DVC stages train@<variant> and seed@<variant>-<seed>: train one variant; write its
-run summary, per-epoch history, and (main run) weights and misclassified test images.
+"""DVC stages train@<variant>, seed@<variant>-<seed>, precision@<seed> and confirm@<seed>: train
+one variant; write its run summary, per-epoch history, and (main run) weights and misclassified
+test images.
 
-By hand:  accelerate launch stages/train.py lr_scheduler      (prints, writes nothing)
+By hand:  python -m mnist_repro.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
+          (mnist_repro.launch is `accelerate launch`, same flags, without the launcher's own
+          traceback after an error or a Ctrl-C)
 In DVC:   dvc.yaml passes params.yaml's launch flags and every output path, so the
           flags that shaped a result are tracked and each path is written in one place.
+Ctrl-C stops it with one line on how to resume (rerun the same command: it resumes from
+the last finished epoch saved under --checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-
-import torch
 
 from mnist_repro import cli
 from mnist_repro.config import load_params
-from mnist_repro.files import atomic_path, write_json
-from mnist_repro.train import check_launch, make_accelerator, misclassified, run_training
+from mnist_repro.train import QUICK, train_and_write
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variant", help="a key under `variants:` in params.yaml")
-    ap.add_argument("--seed", type=int, help="override train.seed (the extra-seed runs)")
+    ap.add_argument("--seed", type=int, help="override train.seed (the extra-seed and confirmation runs)")
+    ap.add_argument("--epochs", type=int, help="override train.epochs for this run")
+    ap.add_argument("--train-limit", type=int, help="override train.train_limit: train on the first N images")
+    ap.add_argument("--test-limit", type=int, help="override train.test_limit: test on the first N images")
+    ap.add_argument("--quick", action="store_true", help=(
+        f"a quick look, not a result: {QUICK['epochs']} epoch on the first {QUICK['train_limit']:,} training "
+        f"and {QUICK['test_limit']:,} test images (--epochs and the limits still override it)"))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", default="data", help="root holding MNIST/raw")
     ap.add_argument("--metrics", help="write the run summary JSON here")
@@ -34,33 +41,13 @@ def main(argv=None) -> None:
                     "launch.mixed_precision (the precision@ stages)")
     args = ap.parse_args(argv)
 
-    params = load_params(args.params)
-    variant = params.variant(args.variant)  # validated before anything heavy starts
-    accelerator = make_accelerator()
-    if args.metrics:  # a result filed under params.yaml must have its launch settings
-        launch = params.launch
-        if args.mixed_precision:
-            launch = dataclasses.replace(launch, mixed_precision=args.mixed_precision)
-        check_launch(launch, accelerator)
-    result = run_training(variant, params.train, args.data, seed=args.seed,
-                          checkpoint_dir=args.checkpoint, accelerator=accelerator)
-    # Every node writes its own copy: `dvc repro` on each node then finds its outputs.
-    if accelerator.is_local_main_process:
-        if args.errors:
-            write_json(args.errors, misclassified(result, params.train, accelerator))
-        if args.history:
-            write_json(args.history, result.history)
-        if args.model:
-            with atomic_path(args.model) as tmp:
-                torch.save(result.model.state_dict(), tmp)
-        if args.metrics:
-            write_json(args.metrics, result.metrics)
-        accelerator.print(result.metrics)
-    accelerator.wait_for_everyone()
-    if result.checkpoint:
-        result.checkpoint.finish(accelerator)
-    accelerator.end_training()
+    overrides = dict(QUICK) if args.quick else {}
+    overrides.update({key: value for key, value in (("epochs", args.epochs), ("train_limit", args.train_limit),
+                                                    ("test_limit", args.test_limit)) if value is not None})
+    train_and_write(load_params(args.params), args.variant, args.data, seed=args.seed, train_overrides=overrides,
+                    mixed_precision=args.mixed_precision, metrics=args.metrics, history=args.history,
+                    model=args.model, errors=args.errors, checkpoint=args.checkpoint)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, resume_option="--checkpoint")

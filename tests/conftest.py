@@ -627,7 +627,7 @@ def evaluate_saved(model_path: Path, variant: str, params_path: Path, data_root:
     from mnist_repro.config import load_params
     from mnist_repro.data import load_split
     from mnist_repro.models import build_model
-    from mnist_repro.train import prepare_images
+    from mnist_repro.device_data import prepare_images
 
     params = load_params(params_path)
     v = params.variant(variant)

@@ -13,7 +13,7 @@ from mnist_repro import benchmark
 from mnist_repro.benchmark import run_benchmark
 from mnist_repro.config import load_params
 from mnist_repro.errors import ParamsError
-from mnist_repro.train import make_accelerator
+from mnist_repro.launch import make_accelerator
 
 IMAGES, BATCH, REPEATS = 500, 128, 2  # one epoch: 4 steps, the last of 116 images
 EPOCH_BATCHES = [128, 128, 128, 116]

@@ -10,7 +10,8 @@ import yaml
 
 from mnist_repro.config import LaunchConfig, Params, load_params, parse_params
 from mnist_repro.errors import ParamsError
-from mnist_repro.train import check_launch, check_shares
+from mnist_repro.device_data import check_shares
+from mnist_repro.launch import check_launch
 
 
 @pytest.fixture(scope="module")

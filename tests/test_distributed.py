@@ -10,21 +10,25 @@ hidden (cpu_env) so every test means the same on a host with 0, 1 or many GPUs.
 from __future__ import annotations
 
 import json
-import re
 import math
+import os
 import shutil
+import signal
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from conftest import (ONE_THREAD, error_lines, evaluate_saved, free_port, run_cmd, run_together,
-                      run_until_checkpoint, train_cmd, without_timing)
+from conftest import (ACCELERATE_LAUNCH, ONE_THREAD, Started, evaluate_saved, free_port, run_cmd,
+                      run_together, train_cmd, without_timing)
 
 from mnist_repro.config import load_params
 from mnist_repro.data import load_split
 from mnist_repro.models import build_model
-from mnist_repro.train import build_optimizer, global_batches, prepare_images
+from mnist_repro.device_data import global_batches, prepare_images
+from mnist_repro.train import build_optimizer
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
 
@@ -84,6 +88,17 @@ def test_two_processes_write_and_print_one_summary(two_proc):
     assert stdout.count("'variant': 'lr_scheduler'") == 1
     assert stdout.count(f"lr_scheduler epoch {EPOCHS}/{EPOCHS}:") == 1
     assert sorted(p.name for p in two_proc["out"].iterdir()) == ["history.json", "metrics.json", "model.pt"]
+
+
+BATCHNORM_WARNING = "warning: train.sync_batchnorm is ignored on cpu"
+
+
+def test_the_sync_batchnorm_warning_is_for_models_with_batchnorm(two_proc, shares):
+    """lr_scheduler has BatchNorm: two CPU processes cannot share its statistics, and say so
+    once; skeleton has none, so there is nothing to warn about."""
+    assert two_proc["proc"].stdout.count(BATCHNORM_WARNING) == 1
+    assert two_proc["metrics"]["sync_batchnorm"] is False
+    assert BATCHNORM_WARNING not in shares[2]["proc"].stdout + shares[2]["proc"].stderr
 
 
 def test_two_processes_follow_the_one_process_optimisation(one_proc, two_proc):
@@ -196,16 +211,57 @@ def test_a_global_batch_smaller_than_the_processes_is_refused_up_front(cpu_env, 
     params = quick_params(base / "129.yaml", epochs=1, train_limit=129, test_limit=100,
                           overrides={**ONE_THREAD, **TWO_PROCESSES, "train.batch_size": 128})
     out = base / "129"
-    proc = run_cmd(train_cmd("skeleton", params, mnist_root, out, checkpoint=out / "ckpt"), cpu_env)
-    assert proc.returncode != 0
-    expected = ("error: train: an epoch of 129 images in batches of 128 ends on a batch of 1, fewer images than "
-                "the 2 processes, so a process would get none; change train.train_limit (or train.holdout) or "
-                "launch fewer processes")
-    # Each process says the same one line; two processes writing at once may run them together.
-    assert set(re.findall(r"error: .*?(?=error: |\n|$)", proc.stderr)) == {expected}
-    assert error_lines(proc.stderr)
+    proc = run_cmd(quiet_launch(train_cmd("skeleton", params, mnist_root, out, checkpoint=out / "ckpt")), cpu_env)
+    assert proc.returncode == 1
+    # One line from global rank 0 (the other process exits 1 silently), and no launcher's traceback.
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "error: train: an epoch of 129 images in batches of 128 ends on a batch of 1, fewer images than "
+        "the 2 processes, so a process would get none; change train.train_limit (or train.holdout) or "
+        "launch fewer processes"]
     assert "epoch 1" not in proc.stdout  # no training step, no evaluation
     assert not out.exists()  # no outputs, no checkpoint
+
+
+QUIET_LAUNCH = (sys.executable, "-m", "mnist_repro.launch")
+
+
+def quiet_launch(cmd: list) -> list:
+    """train_cmd's `accelerate launch -q ...` as `python -m mnist_repro.launch ...` (same flags)."""
+    n = len(ACCELERATE_LAUNCH)
+    assert tuple(cmd[:n]) == ACCELERATE_LAUNCH and cmd[n] == "-q", cmd
+    return [*QUIET_LAUNCH, *cmd[n + 1:]]
+
+
+def test_a_diverged_two_process_run_says_so_once(cpu_env, mnist_root, base, quick_params):
+    """Both processes stop at the same epoch (the first non-finite step any of them saw) and
+    rank 0 alone says so: no process left waiting in a collective, no second line."""
+    params = quick_params(base / "diverge.yaml", epochs=2, train_limit=512, test_limit=100, overrides={
+        **ONE_THREAD, **TWO_PROCESSES, "train.batch_size": 128, "variants.skeleton.lr": 1e6})
+    out = base / "diverge"
+    proc = run_cmd(quiet_launch(train_cmd("skeleton", params, mnist_root, out)), cpu_env)
+    assert proc.returncode == 1
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: skeleton: loss became NaN or infinite at epoch 1, step ")
+    assert not out.exists()
+
+
+def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, base, quick_params):
+    """torch's launcher takes the Ctrl-C and forwards it to both processes: rank 0 says how to
+    resume, rank 1 nothing, and neither launcher nor process adds a traceback."""
+    _, two = two_params(quick_params, base / "ctrl-c.yaml", epochs=15, train_limit=TRAIN_LIMIT,
+                        test_limit=TEST_LIMIT, overrides={"train.batch_size": BATCH})
+    out = base / "ctrl-c"
+    ckpt = out / "ckpt"
+    run = Started(quiet_launch(train_cmd("lr_scheduler", two, mnist_root, out, checkpoint=ckpt)), cpu_env, out / "run")
+    deadline = time.monotonic() + 240
+    while not (ckpt / "node-0" / "run.json").exists():
+        assert run.returncode is None and time.monotonic() < deadline, run.stderr[-3000:]
+        time.sleep(0.01)
+    os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C does to a terminal's job
+    assert run.proc.wait(timeout=120) == 130
+    assert [line for line in run.stderr.splitlines() if line.strip()] == [
+        f"interrupted: rerun the same command to resume from the last finished epoch saved in {ckpt}"]
+    assert "Traceback" not in run.stdout and not (out / "metrics.json").exists()
 
 
 # --- two machines on localhost: one launcher per node, each with its own checkpoint directory ---
@@ -272,23 +328,51 @@ def test_each_machine_keeps_only_its_own_checkpoint(nodes_uninterrupted):
         assert json.loads((disk / f"node-{rank}" / "run.json").read_text())["finished"] is True
 
 
+def run_until_epoch(cmds, env: dict, log_dir, manifests, epoch: int, timeout: float = 300):
+    """Start every command at once and SIGKILL them all as soon as every manifest names the
+    state of `epoch`; fails if a run ends first. Returns the runs and the manifests then."""
+    runs = [Started(cmd, env, log_dir / f"run{i}") for i, cmd in enumerate(cmds)]
+    deadline = time.monotonic() + timeout
+
+    def at_epoch(path) -> bool:
+        try:
+            return json.loads(path.read_text()).get("state") == f"epoch-{epoch}"
+        except (OSError, ValueError):  # not written yet
+            return False
+
+    try:
+        while not all(at_epoch(m) for m in manifests):
+            ended = [i for i, r in enumerate(runs) if r.returncode is not None]
+            if ended or time.monotonic() > deadline:
+                pytest.fail(f"runs {ended} ended (or {timeout} s passed) before every manifest had epoch {epoch}:\n"
+                            + "\n".join(f"--- run {i} stderr\n{r.stderr[-3000:]}" for i, r in enumerate(runs)))
+            time.sleep(0.01)
+    finally:
+        for r in runs:
+            r.kill()
+    return runs, [json.loads(m.read_text()) for m in manifests]
+
+
 @pytest.fixture(scope="module")
 def nodes_killed(base, nodes_params, mnist_root, cpu_env):
-    """Both launchers (and their workers) SIGKILLed once each node has saved a state; a copy of
-    both disks is kept for the lost-state test."""
+    """Both launchers (and their workers) SIGKILLed once each node has saved epoch 2; a copy of
+    both disks is kept for the lost-state and one-epoch-apart tests."""
     job = base / "nodes-killed"
     disks = [job / "disk0", job / "disk1"]
     manifests = [disks[rank] / f"node-{rank}" / "run.json" for rank in (0, 1)]
-    runs, saved = run_until_checkpoint(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs",
-                                       manifests)
+    runs, saved = run_until_epoch(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs",
+                                  manifests, epoch=2)
     for disk in disks:
         shutil.copytree(disk, job / "copy" / disk.name)
     return dict(job=job, disks=disks, saved=saved, runs=runs)
 
 
-def test_killed_machines_each_keep_the_first_epoch(nodes_killed):
-    assert [s["state"] for s in nodes_killed["saved"]] == ["epoch-1", "epoch-1"]
-    assert [len(s["history"]) for s in nodes_killed["saved"]] == [1, 1]
+def test_killed_machines_each_keep_their_two_newest_epochs(nodes_killed):
+    assert [s["state"] for s in nodes_killed["saved"]] == ["epoch-2", "epoch-2"]
+    assert [len(s["history"]) for s in nodes_killed["saved"]] == [2, 2]
+    assert [s["previous"]["state"] for s in nodes_killed["saved"]] == ["epoch-1", "epoch-1"]
+    for rank, disk in enumerate(nodes_killed["disks"]):
+        assert {p.name for p in (disk / f"node-{rank}").iterdir()} == {"epoch-1", "epoch-2", "run.json"}
     for rank, run in enumerate(nodes_killed["runs"]):
         assert "'variant': 'lr_scheduler'" not in run.stdout  # killed, workers included, before the end
         assert not (nodes_killed["job"] / f"node{rank}" / "metrics.json").exists()
@@ -300,8 +384,8 @@ def test_both_machines_resume_from_the_same_epoch_and_finish_as_uninterrupted(
     runs = run_together(two_nodes(nodes_params, mnist_root, job, nodes_killed["disks"]), cpu_env, job / "logs-resume")
     all_succeeded(runs)
     for run in runs:
-        assert "lr_scheduler: resuming after epoch 1 from" in run.stdout
-        assert "lr_scheduler epoch 1/" not in run.stdout and f"lr_scheduler epoch {NODES_EPOCHS}/" in run.stdout
+        assert "lr_scheduler: resuming after epoch 2 from" in run.stdout
+        assert "lr_scheduler epoch 2/" not in run.stdout and f"lr_scheduler epoch {NODES_EPOCHS}/" in run.stdout
     for resumed, full in zip(outputs(job), nodes_uninterrupted["outputs"]):
         assert without_timing(resumed["metrics"]) == without_timing(full["metrics"])
         assert without_timing(resumed["history"]) == without_timing(full["history"])
@@ -309,18 +393,41 @@ def test_both_machines_resume_from_the_same_epoch_and_finish_as_uninterrupted(
 
 def test_a_machine_without_the_state_makes_all_start_over_together(
         nodes_killed, nodes_uninterrupted, nodes_params, mnist_root, cpu_env):
-    """Node 1 lost its disk: rank 0 holds epoch 1 but cannot resume alone (the collectives would
-    hang), so every node starts over, and the run is the uninterrupted one."""
+    """Node 1 lost its disk: node 0 holds epochs 1 and 2 but cannot resume alone (the collectives
+    would hang), so every node starts over, and the run is the uninterrupted one."""
     job = nodes_killed["job"] / "lost"
     disks = [job / "disk0", job / "disk1"]
     shutil.copytree(nodes_killed["job"] / "copy" / "disk0", disks[0])
     assert not disks[1].exists()
     runs = run_together(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs", timeout=240)
     all_succeeded(runs)
+    assert f"a node lacks the state of epoch 2 in {disks[0]}/node-*: starting over on every node" in runs[0].stdout
     for run in runs:
-        assert "rank 0 would resume after epoch 1 but a node lacks that state" in run.stdout
-        assert "starting over on every node" in run.stdout and "resuming" not in run.stdout
-        assert "lr_scheduler epoch 1/" in run.stdout
+        assert "resuming" not in run.stdout and "lr_scheduler epoch 1/" in run.stdout
     for restarted, full in zip(outputs(job), nodes_uninterrupted["outputs"]):
         assert without_timing(restarted["metrics"]) == without_timing(full["metrics"])
         assert without_timing(restarted["history"]) == without_timing(full["history"])
+
+
+def test_machines_one_manifest_apart_resume_from_the_epoch_both_hold(
+        nodes_killed, nodes_uninterrupted, nodes_params, mnist_root, cpu_env):
+    """Killed between the two nodes' manifest writes of epoch 2: node 0's names epoch 2 (and 1),
+    node 1's still names epoch 1 (its epoch-2 state saved, not yet recorded). Both resume from
+    epoch 1, the newest both hold, and finish as the uninterrupted run."""
+    job = nodes_killed["job"] / "apart"
+    disks = [job / "disk0", job / "disk1"]
+    for disk in disks:
+        shutil.copytree(nodes_killed["job"] / "copy" / disk.name, disk)
+    manifest = disks[1] / "node-1" / "run.json"
+    saved = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({"fingerprint": saved["fingerprint"], **saved["previous"], "previous": None}))
+    runs = run_together(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs")
+    all_succeeded(runs)
+    assert (f"a node lacks the state of epoch 2 in {disks[0]}/node-*: resuming from epoch 1, the newest every node holds"
+            in runs[0].stdout)
+    for run in runs:
+        assert "lr_scheduler: resuming after epoch 1 from" in run.stdout
+        assert "lr_scheduler epoch 1/" not in run.stdout and "lr_scheduler epoch 2/" in run.stdout
+    for resumed, full in zip(outputs(job), nodes_uninterrupted["outputs"]):
+        assert without_timing(resumed["metrics"]) == without_timing(full["metrics"])
+        assert without_timing(resumed["history"]) == without_timing(full["history"])

@@ -9,13 +9,17 @@ import dataclasses
 import io
 import json
 import math
+import os
 import shutil
+import signal
 import sys
+import time
 import types
 
 import pytest
 import torch
-from conftest import ONE_THREAD, evaluate_saved, run_cmd, run_until_checkpoint, train_cmd, without_timing
+from conftest import (ACCELERATE_LAUNCH, ONE_THREAD, Started, evaluate_saved, run_cmd, run_until_checkpoint,
+                      train_cmd, without_timing)
 from torch.overrides import TorchFunctionMode
 
 from mnist_repro import train
@@ -23,8 +27,12 @@ from mnist_repro.config import load_params
 from mnist_repro.errors import DivergedError, ParamsError
 from mnist_repro.data import load_split
 from mnist_repro.models import build_model
-from mnist_repro.train import (Checkpoint, load_datasets, make_accelerator, misclassified,
-                               run_fingerprint, run_training)
+from mnist_repro.checkpoint import Checkpoint, run_fingerprint
+from mnist_repro.device_data import load_datasets
+from mnist_repro.launch import make_accelerator
+from mnist_repro.published_path import rerun_and_write
+from mnist_repro.summary import launch_record, misclassified
+from mnist_repro.train import run_training
 
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 500, 200, 64, 3  # 500/64: a short last batch, 8 steps
 QUICK = {"train.batch_size": BATCH, **ONE_THREAD}  # params overrides of every run here
@@ -32,7 +40,8 @@ VARIANT = "lr_scheduler"
 
 METRIC_KEYS = {"params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",
                "min_test_loss", "epochs", "num_processes", "num_machines", "device", "mixed_precision",
-               "evaluated_on", "wall_seconds", "optimizer_steps", "train_images", "test_images"}
+               "evaluated_on", "wall_seconds", "optimizer_steps", "train_images", "test_images", "data_path",
+               "slot"}
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"}
 
 
@@ -69,6 +78,7 @@ def test_metrics_schema(uninterrupted):
     assert m["epochs"] == EPOCHS == len(history)
     assert m["num_processes"] == 1 and m["num_machines"] == 1 and m["device"] in ("cpu", "cuda")
     assert m["mixed_precision"] == "no" and m["evaluated_on"] == "test"
+    assert m["data_path"] == "ours" and m["slot"] is None  # no MNIST_REPRO_SLOT: not pinned by the matrix runner
     assert m["train_images"] == TRAIN_LIMIT and m["test_images"] == TEST_LIMIT
     assert m["wall_seconds"] > 0
     for key in ("best_train_acc", "best_test_acc", "final_test_acc", "final_train_acc"):
@@ -185,9 +195,9 @@ def killed(setup):
     ckpt = out / "ckpt"
     cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False)
     _, (saved,) = run_until_checkpoint([cmd], setup["env"], out / "logs", [node0(ckpt) / "run.json"])
-    # copies of the unfinished checkpoint, for the changed-params and unpickling tests
-    shutil.copytree(ckpt, out / "ckpt-copy")
-    shutil.copytree(ckpt, out / "ckpt-safe")
+    # copies of the unfinished checkpoint, for the changed-params, unpickling and damaged-state tests
+    for copy in ("ckpt-copy", "ckpt-safe", "ckpt-truncated-model", "ckpt-truncated-optimizer", "ckpt-bad-manifest"):
+        shutil.copytree(ckpt, out / copy)
     return dict(out=out, ckpt=ckpt, saved_epochs=len(saved["history"]))
 
 
@@ -224,7 +234,7 @@ def test_finished_checkpoint_is_not_resumed(uninterrupted, setup):
     fp = run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, make_accelerator())
     assert json.loads((node0(uninterrupted["ckpt"]) / "run.json").read_text()) == {"fingerprint": fp,
                                                                                     "finished": True}
-    assert Checkpoint(uninterrupted["ckpt"], fp).resumable() is None
+    assert Checkpoint(uninterrupted["ckpt"], fp).states() == []
 
 
 @pytest.mark.slow
@@ -243,6 +253,10 @@ def test_checkpoint_from_other_params_is_not_resumed(killed, setup, capsys):
     # and the directory now holds this run's state, under its own fingerprint
     manifest = json.loads((node0(ckpt) / "run.json").read_text())
     assert manifest["state"] == f"epoch-{EPOCHS}" and len(manifest["history"]) == EPOCHS
+    # and the state before it, so a node one manifest behind still shares an epoch with it
+    assert manifest["previous"]["state"] == f"epoch-{EPOCHS - 1}"
+    assert manifest["previous"]["history"] == manifest["history"][:-1]
+    assert sorted(p.name for p in node0(ckpt).iterdir()) == [f"epoch-{EPOCHS - 1}", f"epoch-{EPOCHS}", "run.json"]
     result.checkpoint.finish(make_accelerator())
     assert [p.name for p in node0(ckpt).iterdir()] == ["run.json"]
 
@@ -263,6 +277,131 @@ def test_resume_unpickles_nothing(killed, setup, monkeypatch, capsys):
                  accelerator=make_accelerator())
     assert "resuming after epoch" in capsys.readouterr().out
     assert calls and all(w is True for w in calls), calls
+
+
+# --- a damaged resume state: one line saying so, then the run starts over --------------------
+
+
+def shown_lines(text: str) -> list[str]:
+    """The non-empty lines a terminal shows (the last of tqdm's \r redraws)."""
+    return [line.split("\r")[-1] for line in text.split("\n") if line.split("\r")[-1].strip()]
+
+
+@pytest.mark.parametrize("part, file", [("model", "model.safetensors"), ("optimizer", "optimizer.bin")])
+def test_a_truncated_state_is_reported_in_one_line_and_the_run_starts_over(killed, uninterrupted, setup, part, file):
+    """The weights are the first file loaded, the optimiser's the second: a state that fails
+    after the weights loaded must still start over from the fresh weights."""
+    ckpt = killed["out"] / f"ckpt-truncated-{part}"
+    state = node0(ckpt) / f"epoch-{killed['saved_epochs']}"
+    damaged = state / file
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a disk that filled up
+    out = killed["out"] / f"after-truncation-{part}"
+    proc = run_cmd(train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt, launch=False),
+                   setup["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    [line] = [line for line in shown_lines(proc.stdout + proc.stderr) if "warning" in line]
+    assert line.startswith(f"warning: {state}: the saved state cannot be loaded (")
+    assert line.endswith("); starting over from epoch 1")
+    assert "resuming" not in proc.stdout and f"{VARIANT} epoch 1/{EPOCHS}" in proc.stdout
+    # from scratch means exactly that: the uninterrupted run's numbers
+    assert without_timing(json.loads((out / "metrics.json").read_text())) == without_timing(uninterrupted["metrics"])
+    assert without_timing(json.loads((out / "history.json").read_text())) == without_timing(uninterrupted["history"])
+
+
+def test_an_unreadable_manifest_is_reported_in_one_line_and_the_run_starts_over(killed, setup, capsys):
+    manifest = node0(killed["out"] / "ckpt-bad-manifest") / "run.json"
+    manifest.write_text(manifest.read_text()[:40])
+    params = load_params(setup["params"])
+    result = run_training(params.variant(VARIANT), params.train, setup["data"], checkpoint_dir=manifest.parent.parent,
+                          accelerator=make_accelerator())
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert line.startswith(f"warning: {manifest}: not a readable resume manifest (JSONDecodeError: ")
+    assert line.endswith("); starting over")
+    assert [h["epoch"] for h in result.history] == list(range(1, EPOCHS + 1))
+
+
+# --- Ctrl-C: one line on how to resume, under the launcher dvc.yaml uses ----------------------
+
+QUIET_LAUNCH = (sys.executable, "-m", "mnist_repro.launch")
+
+
+def quiet_launch(cmd: list) -> list:
+    """train_cmd's `accelerate launch -q ...` as `python -m mnist_repro.launch ...` (same flags)."""
+    n = len(ACCELERATE_LAUNCH)
+    assert tuple(cmd[:n]) == ACCELERATE_LAUNCH and cmd[n] == "-q", cmd
+    return [*QUIET_LAUNCH, *cmd[n + 1:]]
+
+
+def test_ctrl_c_says_in_one_line_how_to_resume_and_the_rerun_resumes(setup, uninterrupted, tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    cmd = quiet_launch(train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt))
+    run = Started(cmd, setup["env"], tmp_path / "run")  # its own process group, as a terminal's job
+    deadline = time.monotonic() + 240
+    while not (node0(ckpt) / "run.json").exists():
+        assert run.returncode is None and time.monotonic() < deadline, run.stderr[-3000:]
+        time.sleep(0.01)
+    os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C does: the launcher and the stage get it
+    assert run.proc.wait(timeout=120) == 130
+    assert shown_lines(run.stderr) == [
+        f"interrupted: rerun the same command to resume from the last finished epoch saved in {ckpt}"]
+    assert "Traceback" not in run.stdout
+    assert not (out / "metrics.json").exists()
+
+    proc = run_cmd(cmd, setup["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming after epoch" in proc.stdout
+    assert without_timing(json.loads((out / "metrics.json").read_text())) == without_timing(uninterrupted["metrics"])
+
+
+def test_under_dvc_the_line_names_the_stage_to_repro(setup, tmp_path, monkeypatch):
+    from mnist_repro import cli
+
+    monkeypatch.setenv("DVC_STAGE", "train@lr_scheduler")
+    assert cli.interrupted_line(["lr_scheduler", "--checkpoint", "checkpoints/lr_scheduler"], "--checkpoint") == (
+        "interrupted: rerun `dvc repro train@lr_scheduler` (or the same `dvc exp run`) to resume from the last "
+        "finished epoch saved in checkpoints/lr_scheduler")
+    monkeypatch.delenv("DVC_STAGE")
+    assert cli.interrupted_line(["skeleton"], None) == "interrupted: nothing was saved; rerun the same command to start again"
+
+
+# --- by hand: the knobs of one run, and what a run file records -------------------------------
+
+
+def test_quick_and_the_size_knobs_override_params_for_one_run(setup, run_stage, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MNIST_REPRO_SLOT", "cores-0-1")  # as the matrix runner pins a run
+    stage = [VARIANT, "--params", setup["params"], "--data", setup["data"]]
+    run_stage("train", [*stage, "--quick", "--test-limit", 100, "--history", tmp_path / "quick.json"])
+    assert [(h["epoch"], h["train_images"], h["test_images"]) for h in json.loads(
+        (tmp_path / "quick.json").read_text())] == [(1, train.QUICK["train_limit"], 100)]
+    run_stage("train", [*stage, "--epochs", 2, "--train-limit", 128, "--test-limit", 100,
+                        "--history", tmp_path / "two.json", "--metrics", tmp_path / "two-metrics.json"])
+    assert [(h["epoch"], h["train_images"], h["test_images"]) for h in json.loads(
+        (tmp_path / "two.json").read_text())] == [(1, 128, 100), (2, 128, 100)]
+    assert json.loads((tmp_path / "two-metrics.json").read_text())["slot"] == "cores-0-1"
+    with pytest.raises(SystemExit) as info:
+        run_stage("train", ["--help"])
+    assert info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(flag in shown for flag in ("--epochs", "--train-limit", "--test-limit", "--quick"))
+    assert "1 epoch on the first 2,048 training and 1,000 test images" in shown
+
+
+def test_the_slot_is_null_unless_the_matrix_runner_set_one(monkeypatch):
+    monkeypatch.delenv("MNIST_REPRO_SLOT", raising=False)
+    assert launch_record()["slot"] is None
+    monkeypatch.setenv("MNIST_REPRO_SLOT", "gpu-3")
+    assert launch_record()["slot"] == "gpu-3"
+
+
+def test_a_published_path_run_file_has_our_keys_and_its_data_path(setup, uninterrupted, tmp_path, quick_params):
+    params = load_params(quick_params(tmp_path, epochs=1, train_limit=256, test_limit=100, overrides=QUICK))
+    rerun_and_write(params, "skeleton", setup["data"], seed=2, metrics=tmp_path / "m.json", history=tmp_path / "h.json")
+    m, history = json.loads((tmp_path / "m.json").read_text()), json.loads((tmp_path / "h.json").read_text())
+    assert set(m) == set(uninterrupted["metrics"]) and set(history[0]) == set(uninterrupted["history"][0])
+    assert (m["data_path"], m["variant"], m["seed"], m["epochs"]) == ("published", "skeleton", 2, 1)
+    assert (m["train_images"], m["test_images"], m["optimizer_steps"]) == (256, 100, 4)
+    assert (m["num_processes"], m["device"], m["mixed_precision"]) == (1, "cpu", "no")
 
 
 # --- launch settings: the run must be the one params.launch describes ------------------------
@@ -322,7 +461,8 @@ def test_bf16_checkpoint_is_not_resumed_by_an_fp32_run(bf16_killed, setup, capsy
     # the state is resumable by a bf16 run: only the precision stands between it and this run
     as_bf16 = types.SimpleNamespace(num_processes=1, device=accelerator.device, mixed_precision="bf16")
     bf16_fp = run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, as_bf16)
-    assert Checkpoint(ckpt, bf16_fp).resumable() == bf16_killed["saved"]
+    newest = Checkpoint(ckpt, bf16_fp).states()[0]
+    assert (newest["state"], newest["history"]) == (bf16_killed["saved"]["state"], bf16_killed["saved"]["history"])
     assert run_fingerprint(params.train, params.variant(VARIANT), params.train.seed, accelerator) != bf16_fp
 
     result = run_training(params.variant(VARIANT), params.train, setup["data"], checkpoint_dir=ckpt,

@@ -7,7 +7,7 @@ for the same number of steps; only the data path differs:
 * ours under mixed precision (``benchmark.mixed_precision``): the same loop inside
   ``torch.autocast``, which is what Accelerate's bf16/fp16 wraps the forward in;
 * baseline: ``torchvision.datasets.MNIST`` + per-image PIL transforms in a
-  ``DataLoader`` (shuffle, one worker), the published notebooks' way.
+  ``DataLoader`` (shuffle, one worker) and the notebooks' loop, from published_path.py.
 
 Repeats rotate which path goes first, so drift in machine speed (other
 jobs, thermal, noisy neighbours) hits both; medians are reported.
@@ -21,14 +21,16 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from .config import TrainConfig, VariantConfig
+from . import published_path
+from .config import Params, TrainConfig, VariantConfig
+from .device_data import DeviceData, load_datasets, steps_per_epoch
 from .errors import ParamsError
+from .files import write_json
+from .launch import describe_device, make_accelerator
 from .models import build_model
 from .published_path import published_loader
-from .train import (Dataset, build_optimizer, build_scheduler, describe_device, evaluate, load_datasets,
-                    steps_per_epoch, train_one_epoch)
+from .train import build_optimizer, build_scheduler, evaluate, train_one_epoch
 
 
 def _fresh(variant: VariantConfig, cfg: TrainConfig, steps: int, device):
@@ -42,7 +44,7 @@ def _fresh(variant: VariantConfig, cfg: TrainConfig, steps: int, device):
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def time_ours(variant, cfg, train: Dataset, test: Dataset, steps: int, accelerator,
+def time_ours(variant, cfg, train: DeviceData, test: DeviceData, steps: int, accelerator,
               mixed_precision: str = "no") -> tuple[float, float]:
     model, optimizer, scheduler = _fresh(variant, cfg, steps, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -57,34 +59,25 @@ def time_ours(variant, cfg, train: Dataset, test: Dataset, steps: int, accelerat
         return train_s, time.perf_counter() - start
 
 
-def time_baseline(variant, cfg, data_root, steps: int, images: int) -> tuple[float, float]:
+def time_baseline(variant, cfg, data_root, steps: int, images: int, test_images: int) -> tuple[float, float]:
+    """The published notebooks' loop (published_path.py) over the same images, timed like ours."""
     model, optimizer, scheduler = _fresh(variant, cfg.__class__(**{**cfg.__dict__, "channels_last": False}),
                                          steps, "cpu")
     kwargs = dict(mean=cfg.mean, std=cfg.std, batch_size=cfg.batch_size)
     start = time.perf_counter()  # includes the worker start-up, as every published epoch pays it
-    model.train()
-    for x, y in published_loader(data_root, train=True, augment=variant.augment,
-                                 limit=images, **kwargs):
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss.item()  # the published loop reads the loss every batch for its progress bar
+    published_path.train_epoch(model, optimizer, scheduler, published_loader(
+        data_root, train=True, augment=variant.augment, limit=images, **kwargs))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    model.eval()
-    with torch.no_grad():
-        for x, y in published_loader(data_root, train=False, augment=False, **kwargs):
-            F.nll_loss(model(x), y, reduction="sum").item()
+    published_path.test_epoch(model, published_loader(data_root, train=False, augment=False, limit=test_images,
+                                                       **kwargs))
     return train_s, time.perf_counter() - start
 
 
-def profile_ours(variant, cfg, train: Dataset, accelerator, steps: int = 30, top: int = 8) -> list[dict]:
+def profile_ours(variant, cfg, train: DeviceData, accelerator, steps: int = 30, top: int = 8) -> list[dict]:
     """Where one of our training steps spends its time: top ops by self CPU time."""
     model, optimizer, scheduler = _fresh(variant, cfg, steps, accelerator.device)
-    sub = Dataset(train.images[: steps * cfg.batch_size], train.labels[: steps * cfg.batch_size])
+    sub = train.head(steps * cfg.batch_size)
     with torch.profiler.profile() as prof:
         train_one_epoch(model, optimizer, scheduler, sub, cfg, variant, cfg.seed, 1, accelerator)
     events = prof.key_averages()
@@ -107,7 +100,7 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
         raise ParamsError(f"benchmark.steps: {steps} is more than the {per_epoch} steps of one epoch "
                           f"of {len(train)} images in batches of {cfg.batch_size}; use 0 (one epoch) or fewer")
     n = min(steps * cfg.batch_size, len(train))  # a whole epoch ends on a short batch
-    train = Dataset(train.images[:n], train.labels[:n])
+    train = train.head(n)
     mp_path = f"ours_{mixed_precision}"
     timings = {"ours": [], mp_path: [], "baseline": []}
     rss_ours = None
@@ -115,7 +108,7 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
         order = list(timings)[r % 3:] + list(timings)[:r % 3]
         for path in order:
             if path == "baseline":
-                timings[path].append(time_baseline(variant, cfg, data_root, steps, n))
+                timings[path].append(time_baseline(variant, cfg, data_root, steps, n, len(test)))
             else:
                 timings[path].append(time_ours(variant, cfg, train, test, steps, accelerator,
                                                "no" if path == "ours" else mixed_precision))
@@ -148,3 +141,13 @@ def run_benchmark(variant: VariantConfig, cfg: TrainConfig, data_root, steps: in
         "peak_rss_mib_process": round(peak_rss_mib(), 1),
         "profile_ours": profile_ours(variant, cfg, train, accelerator),
     }
+
+
+def benchmark_and_write(params: Params, data_root, out) -> dict:
+    """The benchmark stage: params.benchmark's measurement, written to ``out``."""
+    bench = params.benchmark
+    result = run_benchmark(params.variant(bench.variant), params.train, data_root, bench.steps, bench.repeats,
+                           make_accelerator(), bench.mixed_precision)
+    write_json(out, result)
+    print({k: result[k] for k in ("variant", "train", "test", "peak_rss_mib_ours")})
+    return result
