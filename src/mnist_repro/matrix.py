@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .slots import Slot, SlotPool, allowed_cores, core_ranges, host_slots, visible_gpus
+from .slots import SlotPool, allowed_cores, core_ranges, host_slots, visible_gpus
 
 DVC = (sys.executable, "-m", "dvc")
 LOG_DIR = Path(".dvc/tmp/matrix")   # per-stage logs (git-ignored with the rest of .dvc/tmp)
