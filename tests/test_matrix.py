@@ -84,8 +84,9 @@ SEES = ("import json, os, sys, time; start = time.time(); time.sleep(float(sys.a
         "slot=os.environ.get('MNIST_REPRO_SLOT'), start=start, end=time.time()), open(sys.argv[1], 'w'))")
 
 
-def tiny_project(root: Path, env: dict, sleeps: dict) -> Path:
-    """up -> t@<name> (each sleeps, then records what it saw in seen/<name>.json) -> gather."""
+def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -> Path:
+    """up -> t@<name> (each sleeps, then records what it saw in seen/<name>.json) -> gather; with
+    benchmark, also up -> benchmark (a timing stage, which the matrix runs alone) -> gather."""
     root.mkdir(parents=True)
     (root / "sees.py").write_text(SEES)
     (root / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())  # launch: 1 process
@@ -94,6 +95,8 @@ def tiny_project(root: Path, env: dict, sleeps: dict) -> Path:
         "t": {"foreach": sleeps, "do": {"cmd": "python sees.py seen/${key}.json ${item}",
                                         "deps": ["up.txt", "sees.py"],
                                         "outs": [{"seen/${key}.json": {"cache": False}}]}},
+        **({"benchmark": {"cmd": "python sees.py seen/benchmark.json 1", "deps": ["up.txt", "sees.py"],
+                          "outs": [{"seen/benchmark.json": {"cache": False}}]}} if benchmark else {}),
         "gather": {"cmd": "cat seen/*.json > all.txt", "deps": ["seen"], "outs": ["all.txt"]}}}))
     (root / "seen").mkdir()
     sh([*GIT, "init", "-q"], root, env)
@@ -134,11 +137,14 @@ def assert_clean_and_locked(root: Path, env: dict) -> None:
 
 @pytest.mark.slow
 def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, tiny_env):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6, "c": 0})
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6, "c": 0}, benchmark=True)
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     proc = sh([*MATRIX, "run", "--jobs", "2", "--cores-per-slot", "1", "--lock-dir", tmp_path / "locks"], root, env)
     runs = seen(root)
-    assert set(runs) == {"a", "b", "c"}
+    assert set(runs) == {"a", "b", "c", "benchmark"}
+    alone = runs.pop("benchmark")                        # a timing stage: both cores, nothing beside it
+    assert (alone["slot"], alone["cores"]) == ("cpu:0-1", [0, 1])
+    assert all("benchmark" not in pair for pair in overlapping({**runs, "benchmark": alone}))
     for run in runs.values():
         assert run["slot"] in ("cpu:0", "cpu:1") and run["cores"] == [int(run["slot"][4:])] and run["gpus"] == ""
     assert overlapping(runs), f"no two runs overlapped:\n{proc.stdout}"

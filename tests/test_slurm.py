@@ -186,7 +186,7 @@ def test_the_array_runs_as_two_tasks_and_the_gather_step_leaves_status_clean(tmp
 
     task_env = {**env, "MATRIX_STAGES": stages_file, "SLURM_SUBMIT_DIR": str(project), "SLURM_ARRAY_JOB_ID": "777"}
     # Before the tasks: the gather step refuses and names what to resubmit; it trains nothing.
-    early = sh(["bash", "slurm/gather.sbatch"], tmp_path, task_env, check=False)
+    early = sh(["bash", project / "slurm" / "gather.sbatch"], tmp_path, task_env, check=False)
     assert early.returncode == 1
     assert early.stderr.strip().splitlines()[-1].startswith(
         f"error: array stage(s) not done: {', '.join(TRAINING)}; see their task logs, then rerun them with "
@@ -203,7 +203,7 @@ def test_the_array_runs_as_two_tasks_and_the_gather_step_leaves_status_clean(tmp
         assert f"Running stage '{stage}'" in out
     trained = tree_digests(project, "models")
 
-    done = sh(["bash", "slurm/gather.sbatch"], tmp_path, task_env, timeout=900)
+    done = sh(["bash", project / "slurm" / "gather.sbatch"], tmp_path, task_env, timeout=900)
     assert "Running stage 'train@" not in done.stdout + done.stderr          # no retraining ...
     assert tree_digests(project, "models") == trained and len(trained) == 2  # ... the weights untouched
     assert "Running stage 'report'" in done.stdout

@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .slots import SlotPool, allowed_cores, core_ranges, host_slots, visible_gpus
+from .slots import Slot, SlotPool, allowed_cores, core_ranges, host_slots, visible_gpus
 
 DVC = (sys.executable, "-m", "dvc")
 LOG_DIR = Path(".dvc/tmp/matrix")   # per-stage logs (git-ignored with the rest of .dvc/tmp)
 POLL_S = 0.2
+# Stages that time something: run with every slot's devices, when nothing else runs.
+ALONE = ("benchmark",)
 
 
 class MatrixError(UserError):
@@ -89,34 +91,47 @@ def repro_cmd(stage: str) -> list[str]:
     return [*DVC, "--wait-for-lock", "repro", "--single-item", stage]
 
 
-def run_plan(plan: Plan, pool: SlotPool, root: Path, env: dict | None = None, log=print) -> None:
+def run_plan(plan: Plan, pool: SlotPool, root: Path, env: dict | None = None, log=print, alone=ALONE) -> None:
     """Start every stage of the plan whose upstream is done in a free slot, until all are done
-    or stopped; raises MatrixError naming the failed stages (the others finished)."""
+    or stopped; a stage in `alone` waits until nothing else is ready or running, then gets every
+    slot. Raises MatrixError naming the failed stages (the others finished)."""
     env = dict(os.environ if env is None else env)
     logs = Path(root) / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     todo, done, failed, running = list(plan.order), set(), {}, {}
+
+    def start(stage: str, slots: list[Slot]) -> None:
+        todo.remove(stage)
+        slot = slots[0] if len(slots) == 1 else Slot.union(slots)
+        path = logs / f"{stage.replace('/', '_')}.log"
+        with path.open("wb") as out:
+            proc = subprocess.Popen(repro_cmd(stage), cwd=root, env=slot.env(env), stdout=out,
+                                    stderr=subprocess.STDOUT, preexec_fn=slot.pin)
+        running[proc] = (stage, slots, slot, path, time.monotonic())
+        log(f"start  {stage} in {slot.label} (log {path.relative_to(root)})")
+
     try:
         while todo or running:
             for stage in [s for s in todo if plan.waits[s] & set(failed)]:
                 todo.remove(stage)
                 failed[stage] = "not started: an upstream stage failed"
-            for stage in [s for s in todo if plan.waits[s] <= done]:
+            ready = [s for s in todo if plan.waits[s] <= done]
+            for stage in [s for s in ready if s not in alone]:
                 slot = pool.take()
                 if slot is None:
                     break
-                todo.remove(stage)
-                path = logs / f"{stage.replace('/', '_')}.log"
-                with path.open("wb") as out:
-                    proc = subprocess.Popen(repro_cmd(stage), cwd=root, env=slot.env(env), stdout=out,
-                                            stderr=subprocess.STDOUT, preexec_fn=slot.pin)
-                running[proc] = (stage, slot, path, time.monotonic())
-                log(f"start  {stage} in {slot.label} (log {path.relative_to(root)})")
+                start(stage, [slot])
+            solo = [s for s in ready if s in alone]
+            if solo and not running and len(solo) == len(ready):
+                slots = list(iter(pool.take, None))   # every slot no other matrix command holds
+                if slots:
+                    start(solo[0], slots)
             time.sleep(POLL_S)
             for proc in [p for p in running if p.poll() is not None]:
-                stage, slot, path, start = running.pop(proc)
-                pool.give_back(slot)
-                took = f"{time.monotonic() - start:.0f} s"
+                stage, slots, slot, path, began = running.pop(proc)
+                for each in slots:
+                    pool.give_back(each)
+                took = f"{time.monotonic() - began:.0f} s"
                 if proc.returncode == 0:
                     done.add(stage)
                     log(f"done   {stage} in {slot.label}, {took}")

@@ -42,6 +42,13 @@ class Slot:
         return {**base, "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), SLOT_ENV: self.label,
                 "OMP_NUM_THREADS": str(len(self.cores)), "MKL_NUM_THREADS": str(len(self.cores))}
 
+    @classmethod
+    def union(cls, slots: list["Slot"]) -> "Slot":
+        """One slot of several: every core and GPU of them (a run that must have the host to itself)."""
+        cores = tuple(sorted({c for s in slots for c in s.cores}))
+        gpus = tuple(g for s in slots for g in s.gpus)
+        return cls("gpu:" + ",".join(gpus) if gpus else f"cpu:{core_ranges(cores)}", cores, gpus)
+
     def pin(self) -> None:
         """Restrict the calling process (a child before exec) to this slot's cores."""
         os.sched_setaffinity(0, self.cores)
