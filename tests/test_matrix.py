@@ -77,6 +77,33 @@ def test_two_pools_never_hand_out_one_slot_and_a_killed_holder_frees_it(tmp_path
         holder.kill()
 
 
+def test_a_slurm_task_records_its_job_node_and_devices(monkeypatch):
+    from mnist_repro.matrix import task_slot_label
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    monkeypatch.setenv("SLURMD_NODENAME", "node12")
+    monkeypatch.setenv("MNIST_REPRO_GPUS", "0")   # as Slurm's CUDA_VISIBLE_DEVICES for a 1-GPU task
+    assert task_slot_label() == "slurm:777_4@node12/gpu:0"
+    monkeypatch.setenv("MNIST_REPRO_GPUS", "")
+    assert task_slot_label() == f"slurm:777_4@node12/cpu:{core_ranges(os.sched_getaffinity(0))}"
+
+
+def test_a_task_outside_its_stage_list_is_refused_with_the_fix(tmp_path, capsys):
+    from mnist_repro import cli
+    from mnist_repro.matrix import main
+
+    (tmp_path / "stages.txt").write_text("train@a\ntrain@b\n")
+    with pytest.raises(SystemExit):
+        cli.run(main, ["task", "--stages", str(tmp_path / "stages.txt"), "--index", "2"])
+    assert capsys.readouterr().err == (f"error: --index 2: {tmp_path}/stages.txt lists 2 stages (0..1); "
+                                       "submit the array as --array=0-1\n")
+    with pytest.raises(SystemExit):
+        cli.run(main, ["gather", "--stages", str(tmp_path / "none.txt")])
+    assert capsys.readouterr().err == (f"error: {tmp_path}/none.txt: no stage list; write it with "
+                                       f"`python -m mnist_repro.matrix prepare --out {tmp_path}/none.txt`\n")
+
+
 # --- a tiny DVC project whose stages record what they see ---------------------------------------
 
 SEES = ("import json, os, sys, time; start = time.time(); time.sleep(float(sys.argv[2])); "

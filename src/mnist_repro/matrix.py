@@ -185,13 +185,14 @@ def run_serially(stages, root: Path) -> None:
 def prepare(root: Path, out: Path, targets=(), log=print) -> list[str]:
     """Run the stages the array's stages wait on (download, ...) and write the array's stages to out."""
     plan = pending(root, targets)
-    array = plan.generated()
-    head = [s for s in plan.order if any(s in plan.waits[a] for a in array)]
+    head = [s for s in plan.order if any(s in plan.waits[a] for a in plan.generated())]
     run_serially(head, root)
+    plan = pending(root, targets)   # without the stages the head's unchanged outputs leave up to date
+    array = plan.generated()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"{s}\n" for s in array))
-    rest = [s for s in plan.order if s not in array and s not in head]
+    rest = [s for s in plan.order if s not in array]
     log(f"{len(head)} upstream stage(s) done; {len(array)} array stage(s) in {out}: sbatch --array=0-{len(array) - 1}"
         f"; the gather step then runs {', '.join(rest) or 'nothing else'}")
     return array
@@ -207,14 +208,18 @@ def task(root: Path, stages_file: Path, index: int) -> int:
 
 
 def gather(root: Path, stages_file: Path, log=print) -> None:
-    """Refuse while an array stage is not done (never train here); else `dvc repro` the rest."""
+    """Refuse while a stage of the array is not done (never train here); else `dvc repro` the rest."""
     stages = read_stages(stages_file)
-    left = [s for s in stages if s in pending(root, stages).order]
-    if left:
-        indices = ",".join(str(stages.index(s)) for s in left)
-        raise MatrixError(f"array stage(s) not done: {', '.join(left)}; see their task logs, then rerun them "
+    left = pending(root).generated()
+    listed = [s for s in left if s in stages]
+    if listed:
+        indices = ",".join(str(stages.index(s)) for s in listed)
+        raise MatrixError(f"array stage(s) not done: {', '.join(listed)}; see their task logs, then rerun them "
                           f"with `sbatch --array={indices} slurm/matrix.sbatch` (MATRIX_STAGES={stages_file}) "
                           "and gather again")
+    if left:
+        raise MatrixError(f"stage(s) not in {stages_file} are not done: {', '.join(left)}; submit them with "
+                          "slurm/matrix.sh, which gathers after them")
     if subprocess.run([*DVC, "--wait-for-lock", "repro"], cwd=root).returncode:
         raise MatrixError("`dvc repro` of the stages after the array failed; see its output above")
     log("gathered: every stage is recorded in dvc.lock")
