@@ -296,3 +296,51 @@ def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env):
         assert mine.keys() == alone.keys() and all(mine[k].equal(alone[k]) for k in mine)   # bit for bit
     assert run_files(parallel) == run_files(serial)                       # timing aside
     assert len(run_files(parallel)) == 2 * len(TRAINING)
+
+
+# --- what the design relies on in DVC itself (3.67) ------------------------------------------------
+
+@pytest.mark.slow
+def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tmp_path, tiny_env):
+    """Why the experiment queue cannot fill the workspace: its results could come back only through
+    the run-cache, and DVC keeps none for a stage with a persist output (every training stage's
+    checkpoints)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+
+    def stage(persist: bool) -> dict:
+        return {"cmd": "cp in.txt out_${item}.txt && mkdir -p ck_${item}", "deps": ["in.txt"],
+                "outs": ["out_${item}.txt", {"ck_${item}": {"persist": persist}}]}
+
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "plain": {"foreach": ["p"], "do": stage(False)}, "resumable": {"foreach": ["r"], "do": stage(True)}}}))
+    (root / "in.txt").write_text("1\n")
+    sh([*GIT, "init", "-q"], root, tiny_env)
+    sh([*DVC, "init", "-q"], root, tiny_env)
+    for value in ("1", "2"):
+        (root / "in.txt").write_text(f"{value}\n")
+        sh([*DVC, "repro"], root, tiny_env)
+    (root / "in.txt").write_text("1\n")                  # back to a state both stages ran in
+    out = sh([*DVC, "repro"], root, tiny_env).stdout
+    assert "Stage 'plain@p' is cached - skipping run, checking out outputs" in out
+    assert "Running stage 'resumable@r'" in out
+
+
+@pytest.mark.slow
+def test_a_killed_dvc_leaves_its_lock_entry_which_the_next_run_removes(tmp_path, tiny_env):
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60})
+    sh([*DVC, "repro", "up"], root, tiny_env)
+    dvc = subprocess.Popen([*DVC, "repro", "--single-item", "t@a"], cwd=root, env=tiny_env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any("sees.py" in " ".join(cmdline(p)) for p in psutil.Process(dvc.pid).children(recursive=True)):
+        assert time.monotonic() < deadline and dvc.poll() is None, "t@a's command never started"
+        time.sleep(0.2)
+    os.killpg(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    rwlock = json.loads((root / ".dvc" / "tmp" / "rwlock").read_text())
+    assert rwlock["write"][str(root / "seen" / "a.json")]["pid"] == dvc.pid      # left behind
+    (root / "dvc.yaml").write_text((root / "dvc.yaml").read_text().replace("a: 60", "a: 0"))
+    again = sh([*DVC, "repro", "--single-item", "t@a"], root, tiny_env)
+    assert f"with (Pid {dvc.pid}), in RWLock-file 'seen/a.json' had been killed. Auto removed it" in again.stderr
+    assert sh([*DVC, "status", "t@a"], root, tiny_env).stdout.strip() == "Data and pipelines are up to date."
