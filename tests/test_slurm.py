@@ -1,16 +1,24 @@
-"""slurm/train.sbatch for 2 nodes x 4 GPUs, run by bash with fake SLURM_* variables and stubs
-for scontrol, srun (which runs its command once per node, as Slurm would), accelerate and dvc
-that record how they were called: the per-node launch commands are checked, not run."""
+"""The Slurm scripts, run by bash without Slurm.
+
+slurm/train.sbatch (one stage over 2 nodes x 4 GPUs) with fake SLURM_* variables and stubs for
+scontrol, srun (which runs its command once per node, as Slurm would), accelerate and dvc that
+record how they were called: the per-node launch commands are checked, not run.
+
+slurm/matrix.sh, matrix.sbatch and gather.sbatch (the run matrix as a job array) for real on the
+sliced pipeline of test_matrix.py, with only sbatch stubbed: the array's two tasks run their
+script with SLURM_ARRAY_TASK_ID set, at the same time, then the gather step."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import launch_flags
+from conftest import DVC, launch_flags, project_env, sh, tree_digests
+from test_matrix import TRAINING, assert_clean_and_locked, make_matrix_project
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
 
@@ -148,3 +156,57 @@ def test_an_unknown_variant_stops_before_anything_starts(tmp_path, repo_root):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: variants.lr_schedular: unknown variant")
     assert [line for line in log if not line.startswith("scontrol")] == []
+
+
+# --- the run matrix as a job array: slurm/matrix.sh, matrix.sbatch, gather.sbatch ---------------
+
+SBATCH_STUB = """echo "sbatch $*" >> "$STUB_LOG"
+case "$*" in *--array*) echo "777;cluster" ;; *) echo 778 ;; esac
+"""
+
+
+@pytest.mark.slow
+def test_the_array_runs_as_two_tasks_and_the_gather_step_leaves_status_clean(tmp_path, cpu_env):
+    project, bin_dir, log = tmp_path / "project", tmp_path / "bin", tmp_path / "sbatch.log"
+    env = project_env(project, cpu_env)
+    make_matrix_project(project, env)
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + SBATCH_STUB)
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**{k: v for k, v in env.items() if not k.startswith("SLURM_")},
+           "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "STUB_LOG": str(log)}
+
+    # Submission: the upstream stages run now, the array gets the two training stages.
+    submit = sh(["bash", "slurm/matrix.sh", "--partition=cpu", "--gpus=0"], project, env, timeout=600)
+    array, gather = [shlex.split(line)[1:] for line in log.read_text().splitlines()]
+    assert array[:2] == ["--parsable", "--array=0-1"] and array[-3:] == ["--partition=cpu", "--gpus=0",
+                                                                           "slurm/matrix.sbatch"]
+    assert gather[:3] == ["--parsable", "--dependency=afterany:777", gather[2]] and gather[-1] == "slurm/gather.sbatch"
+    stages_file = array[2].removeprefix("--export=ALL,MATRIX_STAGES=")
+    assert gather[2] == array[2] and Path(stages_file).read_text().split() == list(TRAINING), submit.stdout
+    assert sh([*DVC, "status", "check_params", "download"], project, env).stdout.strip().endswith("up to date.")
+
+    task_env = {**env, "MATRIX_STAGES": stages_file, "SLURM_SUBMIT_DIR": str(project), "SLURM_ARRAY_JOB_ID": "777"}
+    # Before the tasks: the gather step refuses and names what to resubmit; it trains nothing.
+    early = sh(["bash", project / "slurm" / "gather.sbatch"], tmp_path, task_env, check=False)
+    assert early.returncode == 1
+    assert early.stderr.strip().splitlines()[-1].startswith(
+        f"error: array stage(s) not done: {', '.join(TRAINING)}; see their task logs, then rerun them with "
+        "`sbatch --array=0,1 slurm/matrix.sbatch`")
+    assert not (project / "metrics" / "runs").exists()
+
+    # The two array tasks at once, each its script with its SLURM_ARRAY_TASK_ID, from elsewhere.
+    tasks = [subprocess.Popen(["bash", str(project / "slurm" / "matrix.sbatch")], cwd=tmp_path,
+                              env={**task_env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    outputs = [t.communicate(timeout=900)[0].decode(errors="replace") for t in tasks]
+    for stage, task, out in zip(TRAINING, tasks, outputs):
+        assert task.returncode == 0, out[-4000:]
+        assert f"Running stage '{stage}'" in out
+    trained = tree_digests(project, "models")
+
+    done = sh(["bash", project / "slurm" / "gather.sbatch"], tmp_path, task_env, timeout=900)
+    assert "Running stage 'train@" not in done.stdout + done.stderr          # no retraining ...
+    assert tree_digests(project, "models") == trained and len(trained) == 2  # ... the weights untouched
+    assert "Running stage 'report'" in done.stdout
+    assert_clean_and_locked(project, env)
