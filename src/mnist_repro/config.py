@@ -140,14 +140,40 @@ class VariantConfig:
 
 
 @dataclass(frozen=True)
-class SeedsConfig:
+class SeedGroup:
+    """Variants that train the same extra seeds beside train.seed."""
     variants: tuple
     extra: tuple
 
 
 @dataclass(frozen=True)
+class SeedsConfig(SeedGroup):
+    """seeds: the main group (variants, extra; stage seed@) and the slow group (stage seed_slow@)."""
+    slow: SeedGroup = SeedGroup((), ())
+
+
+@dataclass(frozen=True)
 class PublishedPathConfig:
     variants: tuple
+    seeds: tuple
+    margin: float  # equivalence margin, percentage points of test accuracy
+
+    def __post_init__(self):
+        if not 0 < self.margin < 100:
+            raise ParamsError(f"published_path.margin: must be a positive number of percentage points, "
+                              f"got {self.margin}")
+
+
+@dataclass(frozen=True)
+class ConfirmationConfig:
+    variant: str
+    seeds: tuple
+    min_final_test_mean: float  # %, mean final-epoch test accuracy over the seeds
+
+    def __post_init__(self):
+        if not 0 < self.min_final_test_mean <= 100:
+            raise ParamsError(f"confirmation.min_final_test_mean: must be a test accuracy in (0, 100] %, "
+                              f"got {self.min_final_test_mean}")
 
 
 @dataclass(frozen=True)
@@ -170,9 +196,10 @@ class Params:
     download: DownloadConfig
     launch: LaunchConfig
     train: TrainConfig
-    variants: dict  # name -> VariantConfig, in params.yaml order
+    variants: dict  # name -> VariantConfig (defaults merged in), in params.yaml order
     seeds: SeedsConfig
     published_path: PublishedPathConfig
+    confirmation: ConfirmationConfig
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
 
@@ -183,12 +210,39 @@ class Params:
             )
         return self.variants[name]
 
+    def seeds_of(self, name: str) -> tuple[int, ...]:
+        """Every seed variant `name` trains, train.seed first (fixed in params.yaml before the runs)."""
+        self.variant(name)
+        group = self.seeds.slow if name in self.seeds.slow.variants else self.seeds
+        return (self.train.seed, *group.extra)
 
-def _build_variant(name: str, data: Any) -> VariantConfig:
+    def stage_of(self, name: str, seed: int) -> str:
+        """The DVC stage (dvc.yaml) that trains variant `name` with `seed`."""
+        if seed not in self.seeds_of(name):
+            raise ParamsError(f"seeds: variant {name} does not train seed {seed}; its seeds are "
+                              f"{', '.join(map(str, self.seeds_of(name)))}")
+        if seed == self.train.seed:
+            return f"train@{name}"
+        return f"{'seed_slow' if name in self.seeds.slow.variants else 'seed'}@{name}-{seed}"
+
+
+# The recipe keys a `defaults:` section may set; every other VariantConfig field is the variant's own.
+OWN_KEYS = ("name", "model", "target")
+RECIPE_KEYS = tuple(f.name for f in fields(VariantConfig) if f.name not in OWN_KEYS)
+
+
+def _build_variant(name: str, data: Any, defaults: dict) -> VariantConfig:
     from .models import MODELS  # late import: models imports torch, config should not need to
 
     path = f"variants.{name}"
-    variant = _build(VariantConfig, {**data, "name": name} if isinstance(data, dict) else data, path)
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
+    if "name" in data:
+        raise ParamsError(f"{path}.name: unknown key; the variant's name is its key under variants")
+    missing = [k for k in RECIPE_KEYS if k not in data and k not in defaults]
+    if missing:
+        raise ParamsError(f"{path}.{missing[0]}: missing; set it under defaults (every variant) or here")
+    variant = _build(VariantConfig, {**defaults, **data, "name": name}, path)
     if variant.model not in MODELS:
         raise ParamsError(f"{path}.model: unknown model {variant.model!r}; choose one of {', '.join(MODELS)}")
     if variant.schedule not in SCHEDULES:
@@ -209,6 +263,17 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
     return variant
 
 
+def _defaults(raw: Any) -> dict:
+    """The defaults section: recipe keys only (a variant's model and target are its own)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"defaults: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(RECIPE_KEYS))
+    if unknown:
+        raise ParamsError(f"defaults.{unknown[0]}: unknown key; allowed keys are {', '.join(RECIPE_KEYS)}"
+                          + (" (model and target belong to each variant)" if unknown[0] in OWN_KEYS else ""))
+    return raw
+
+
 def _int_list(value: Any, key: str) -> tuple:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ParamsError(f"{key}: expected a list of integers, got {value!r}")
@@ -223,6 +288,8 @@ def _variant_list(value: Any, key: str, variants: dict) -> tuple:
     for name in value:
         if name not in variants:
             raise ParamsError(f"{key}: {name!r} is not a variant; choose from {', '.join(variants)}")
+    if len(set(value)) != len(value):
+        raise ParamsError(f"{key}: {value!r} lists a variant twice")
     return tuple(value)
 
 
@@ -232,7 +299,35 @@ def _section(raw: dict, name: str) -> dict:
     return raw[name]
 
 
-SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_path", "precision", "benchmark")
+def _seed_group(raw: Any, path: str, variants: dict, train_seed: int) -> dict:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping with variants and extra, got {type(raw).__name__}")
+    group = {**raw, "variants": _variant_list(raw.get("variants"), f"{path}.variants", variants),
+             "extra": _int_list(raw.get("extra"), f"{path}.extra")}
+    if train_seed in group["extra"]:
+        raise ParamsError(f"{path}.extra: must exclude train.seed ({train_seed}), which every variant's main run trains")
+    return group
+
+
+def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
+    """Every variant in exactly one seed group, so each has its seeds fixed here."""
+    main = _seed_group(raw, "seeds", variants, train_seed)
+    main.pop("slow", None)
+    slow = _build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
+                                         train_seed), "seeds.slow")
+    seeds = _build(SeedsConfig, {**main, "slow": slow}, "seeds")
+    both = sorted(set(seeds.variants) & set(slow.variants))
+    if both:
+        raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
+    unseeded = [v for v in variants if v not in seeds.variants and v not in slow.variants]
+    if unseeded:
+        raise ParamsError(f"seeds.variants: variant {unseeded[0]!r} has no seeds; add it here (or to "
+                          f"seeds.slow.variants)")
+    return seeds
+
+
+SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
+            "precision", "benchmark")
 
 
 def parse_params(raw: Any) -> Params:
@@ -246,14 +341,10 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError(f"{missing[0]}: missing section; add it to params.yaml")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ParamsError("variants: expected a mapping of at least one variant")
-    variants = {name: _build_variant(name, data) for name, data in raw["variants"].items()}
+    defaults = _defaults(raw["defaults"])
+    variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
     train = _build(TrainConfig, raw["train"], "train")
-    seeds_raw, code_raw, prec_raw = (_section(raw, s) for s in ("seeds", "published_path", "precision"))
-    seeds = _build(SeedsConfig, {**seeds_raw,
-                                 "variants": _variant_list(seeds_raw.get("variants"), "seeds.variants", variants),
-                                 "extra": _int_list(seeds_raw.get("extra"), "seeds.extra")}, "seeds")
-    if train.seed in seeds.extra:
-        raise ParamsError(f"seeds.extra: must exclude train.seed ({train.seed}), which every variant's main run trains")
+    pp_raw, conf_raw, prec_raw = (_section(raw, s) for s in ("published_path", "confirmation", "precision"))
     precision = _build(PrecisionConfig, {**prec_raw, "seeds": _int_list(prec_raw.get("seeds"), "precision.seeds")},
                        "precision")
     params = Params(
@@ -261,14 +352,19 @@ def parse_params(raw: Any) -> Params:
         launch=_build(LaunchConfig, raw["launch"], "launch"),
         train=train,
         variants=variants,
-        seeds=seeds,
-        published_path=_build(PublishedPathConfig, {**code_raw, "variants": _variant_list(
-            code_raw.get("variants"), "published_path.variants", variants)}, "published_path"),
+        seeds=_seeds(_section(raw, "seeds"), variants, train.seed),
+        published_path=_build(PublishedPathConfig, {
+            **pp_raw, "variants": _variant_list(pp_raw.get("variants"), "published_path.variants", variants),
+            "seeds": _int_list(pp_raw.get("seeds"), "published_path.seeds")}, "published_path"),
+        confirmation=_build(ConfirmationConfig, {
+            **conf_raw, "seeds": _int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
         benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )
-    params.variant(params.precision.variant)
-    params.variant(params.benchmark.variant)
+    for key in ("confirmation", "precision", "benchmark"):
+        name = getattr(params, key).variant
+        if name not in params.variants:
+            raise ParamsError(f"{key}.variant: {name!r} is not a variant; choose from {', '.join(params.variants)}")
     for key, value in (("precision.mixed_precision", precision.mixed_precision),
                        ("benchmark.mixed_precision", params.benchmark.mixed_precision)):
         if value not in PRECISIONS[1:]:
