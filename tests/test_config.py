@@ -126,8 +126,6 @@ def test_dvc_stages_are_exactly_the_runs_params_fix(repo_root):
 
 
 @pytest.mark.parametrize("mutate,expected", [
-    (lambda r: r["seeds"]["variants"].remove("dropout"),
-     "seeds.variants: variant 'dropout' has no seeds; add it here (or to seeds.slow.variants)"),
     (lambda r: r["seeds"]["slow"]["variants"].append("dropout"),
      "seeds.slow.variants: 'dropout' is also in seeds.variants; keep it in one"),
     (lambda r: r["seeds"].update(variants=["dropout", "dropout"]), "seeds.variants: ['dropout', 'dropout'] lists a variant twice"),

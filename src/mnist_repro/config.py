@@ -213,8 +213,10 @@ class Params:
     def seeds_of(self, name: str) -> tuple[int, ...]:
         """Every seed variant `name` trains, train.seed first (fixed in params.yaml before the runs)."""
         self.variant(name)
-        group = self.seeds.slow if name in self.seeds.slow.variants else self.seeds
-        return (self.train.seed, *group.extra)
+        for group in (self.seeds, self.seeds.slow):
+            if name in group.variants:
+                return (self.train.seed, *group.extra)
+        return (self.train.seed,)
 
     def stage_of(self, name: str, seed: int) -> str:
         """The DVC stage (dvc.yaml) that trains variant `name` with `seed`."""
@@ -310,7 +312,7 @@ def _seed_group(raw: Any, path: str, variants: dict, train_seed: int) -> dict:
 
 
 def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
-    """Every variant in exactly one seed group, so each has its seeds fixed here."""
+    """Each variant in at most one seed group; one in neither trains train.seed only (quick pipelines)."""
     main = _seed_group(raw, "seeds", variants, train_seed)
     main.pop("slow", None)
     slow = _build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
@@ -319,10 +321,6 @@ def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
     both = sorted(set(seeds.variants) & set(slow.variants))
     if both:
         raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
-    unseeded = [v for v in variants if v not in seeds.variants and v not in slow.variants]
-    if unseeded:
-        raise ParamsError(f"seeds.variants: variant {unseeded[0]!r} has no seeds; add it here (or to "
-                          f"seeds.slow.variants)")
     return seeds
 
 
