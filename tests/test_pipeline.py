@@ -9,10 +9,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import DVC, lock_outs, sh, tree_digests
 
 from mnist_repro.config import load_params
+
+pytestmark = pytest.mark.slow  # every test here reads the one `dvc repro` of conftest's finished_pipeline
 
 TRAINING = ("train@", "seed@", "seed_slow@", "confirm@", "precision@", "published_path@")
 EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+)\b")
