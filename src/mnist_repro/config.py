@@ -7,8 +7,6 @@ of the wrong type or out of range raises ``ParamsError`` naming the key path
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,42 +14,10 @@ from typing import Any
 import yaml
 
 from .errors import ParamsError
+from .typed_yaml import Yaml12Loader, build, int_list, section, variant_list
 
 SCHEDULES = ("constant", "one_cycle")
 OPTIMIZERS = ("sgd", "nesterov", "adam")  # SGD as published, its Nesterov form, Adam with beta1 = momentum
-
-
-def _build(cls, data: Any, path: str):
-    """Instantiate dataclass ``cls`` from a mapping, checking keys and types."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ParamsError(
-            f"{path}.{unknown[0]}: unknown key; allowed keys are {', '.join(known)}"
-        )
-    values = {}
-    for name, f in known.items():
-        key = f"{path}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"{key}: missing; add it to params.yaml")
-            continue
-        values[name] = _check_type(data[name], f.type, key)
-    return cls(**values)
-
-
-def _check_type(value: Any, type_name: str, key: str):
-    # Annotations are strings under `from __future__ import annotations`.
-    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(type_name)
-    if expected is None:  # a nested dataclass or a list, built by the caller
-        return value
-    if isinstance(value, bool) and type_name != "bool":
-        raise ParamsError(f"{key}: expected {type_name}, got a boolean {value!r}")
-    if not isinstance(value, expected):
-        raise ParamsError(f"{key}: expected {type_name}, got {value!r}")
-    return float(value) if type_name == "float" else value
 
 
 @dataclass(frozen=True)
@@ -244,7 +210,7 @@ def _build_variant(name: str, data: Any, defaults: dict) -> VariantConfig:
     missing = [k for k in RECIPE_KEYS if k not in data and k not in defaults]
     if missing:
         raise ParamsError(f"{path}.{missing[0]}: missing; set it under defaults (every variant) or here")
-    variant = _build(VariantConfig, {**defaults, **data, "name": name}, path)
+    variant = build(VariantConfig, {**defaults, **data, "name": name}, path)
     if variant.model not in MODELS:
         raise ParamsError(f"{path}.model: unknown model {variant.model!r}; choose one of {', '.join(MODELS)}")
     if variant.schedule not in SCHEDULES:
@@ -276,36 +242,11 @@ def _defaults(raw: Any) -> dict:
     return raw
 
 
-def _int_list(value: Any, key: str) -> tuple:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ParamsError(f"{key}: expected a list of integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise ParamsError(f"{key}: {value!r} lists a seed twice")
-    return tuple(value)
-
-
-def _variant_list(value: Any, key: str, variants: dict) -> tuple:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ParamsError(f"{key}: expected a list of variant names, got {value!r}")
-    for name in value:
-        if name not in variants:
-            raise ParamsError(f"{key}: {name!r} is not a variant; choose from {', '.join(variants)}")
-    if len(set(value)) != len(value):
-        raise ParamsError(f"{key}: {value!r} lists a variant twice")
-    return tuple(value)
-
-
-def _section(raw: dict, name: str) -> dict:
-    if not isinstance(raw[name], dict):
-        raise ParamsError(f"{name}: expected a mapping, got {type(raw[name]).__name__}")
-    return raw[name]
-
-
 def _seed_group(raw: Any, path: str, variants: dict, train_seed: int) -> dict:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping with variants and extra, got {type(raw).__name__}")
-    group = {**raw, "variants": _variant_list(raw.get("variants"), f"{path}.variants", variants),
-             "extra": _int_list(raw.get("extra"), f"{path}.extra")}
+    group = {**raw, "variants": variant_list(raw.get("variants"), f"{path}.variants", variants),
+             "extra": int_list(raw.get("extra"), f"{path}.extra")}
     if train_seed in group["extra"]:
         raise ParamsError(f"{path}.extra: must exclude train.seed ({train_seed}), which every variant's main run trains")
     return group
@@ -315,9 +256,9 @@ def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
     """Each variant in at most one seed group; one in neither trains train.seed only (quick pipelines)."""
     main = _seed_group(raw, "seeds", variants, train_seed)
     main.pop("slow", None)
-    slow = _build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
+    slow = build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
                                          train_seed), "seeds.slow")
-    seeds = _build(SeedsConfig, {**main, "slow": slow}, "seeds")
+    seeds = build(SeedsConfig, {**main, "slow": slow}, "seeds")
     both = sorted(set(seeds.variants) & set(slow.variants))
     if both:
         raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
@@ -341,23 +282,23 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError("variants: expected a mapping of at least one variant")
     defaults = _defaults(raw["defaults"])
     variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
-    train = _build(TrainConfig, raw["train"], "train")
-    pp_raw, conf_raw, prec_raw = (_section(raw, s) for s in ("published_path", "confirmation", "precision"))
-    precision = _build(PrecisionConfig, {**prec_raw, "seeds": _int_list(prec_raw.get("seeds"), "precision.seeds")},
+    train = build(TrainConfig, raw["train"], "train")
+    pp_raw, conf_raw, prec_raw = (section(raw, s) for s in ("published_path", "confirmation", "precision"))
+    precision = build(PrecisionConfig, {**prec_raw, "seeds": int_list(prec_raw.get("seeds"), "precision.seeds")},
                        "precision")
     params = Params(
-        download=_build(DownloadConfig, raw["download"], "download"),
-        launch=_build(LaunchConfig, raw["launch"], "launch"),
+        download=build(DownloadConfig, raw["download"], "download"),
+        launch=build(LaunchConfig, raw["launch"], "launch"),
         train=train,
         variants=variants,
-        seeds=_seeds(_section(raw, "seeds"), variants, train.seed),
-        published_path=_build(PublishedPathConfig, {
-            **pp_raw, "variants": _variant_list(pp_raw.get("variants"), "published_path.variants", variants),
-            "seeds": _int_list(pp_raw.get("seeds"), "published_path.seeds")}, "published_path"),
-        confirmation=_build(ConfirmationConfig, {
-            **conf_raw, "seeds": _int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
+        seeds=_seeds(section(raw, "seeds"), variants, train.seed),
+        published_path=build(PublishedPathConfig, {
+            **pp_raw, "variants": variant_list(pp_raw.get("variants"), "published_path.variants", variants),
+            "seeds": int_list(pp_raw.get("seeds"), "published_path.seeds")}, "published_path"),
+        confirmation=build(ConfirmationConfig, {
+            **conf_raw, "seeds": int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
-        benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
+        benchmark=build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )
     for key in ("confirmation", "precision", "benchmark"):
         name = getattr(params, key).variant
@@ -372,26 +313,6 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError("benchmark.steps: must be 0 (one whole epoch) or a positive count, "
                           "and benchmark.repeats a positive count")
     return params
-
-
-class Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's scalars, the way DVC reads and rewrites params.yaml.
-
-    `dvc exp run -S` rewrites params.yaml under YAML 1.2 and drops the quotes of
-    `mixed_precision: "no"`; PyYAML (YAML 1.1) would read that bare `no` as false
-    and `1e-3` as a string, so a valid experiment would fail its own checks.
-    """
-
-
-Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                   list("tTfF"))
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
