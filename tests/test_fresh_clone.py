@@ -94,6 +94,13 @@ def touched_by(params, variant: str) -> set:
     return stages | {"check_params", "compare", "report"}
 
 
+def without_nulls(value):
+    """A metrics file as `dvc exp show --json` reports it: DVC leaves out null values."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def new_experiment(root, env, known=()) -> dict:
     shown = json.loads(sh([*DVC, "exp", "show", "--json"], root, env).stdout)
     exps = [e for base in shown for e in (base.get("experiments") or []) if e["name"] not in known]
@@ -113,10 +120,11 @@ def test_try_a_change_reruns_what_it_touches_and_its_table_is_its_own(clone):
     assert yaml.safe_load(value) == getattr(load_params(root / "params.yaml").variant(variant), key.split(".")[2])
     # The experiment's table is the one its own runs give: compare ran on them, nothing is stale,
     # and `dvc exp show` reports the table files now in the workspace.
-    assert "compare" in ran(proc.stdout) and sh([*DVC, "status", "--json"], root, env).stdout.strip() == "{}"
+    assert "compare" in ran(proc.stdout)
+    assert ran(sh([*DVC, "repro", "--allow-missing", "--dry"], root, env).stdout) == []
     exp = new_experiment(root, env)
     shown = exp["revs"][0]["data"]["metrics"]
-    assert shown and all(json.loads((root / path).read_text()) == m["data"] for path, m in shown.items())
+    assert shown and all(without_nulls(json.loads((root / path).read_text())) == m["data"] for path, m in shown.items())
     assert any(variant in path for path in shown)
 
     # docs/pipeline.md's `dvc exp show` fits a 200-column terminal without cutting a cell.
