@@ -65,6 +65,97 @@ def test_missing_train_key(raw):
     assert msg.startswith("train.seed:") and "missing" in msg
 
 
+def test_variants_state_only_their_differences_from_defaults(raw):
+    """Every recipe key a variant leaves out comes from defaults; one it sets wins."""
+    params = parse_params(raw)
+    for name, own in raw["variants"].items():
+        variant = params.variant(name)
+        for key, default in raw["defaults"].items():
+            assert getattr(variant, key) == own.get(key, default), (name, key)
+    changed = copy.deepcopy(raw)
+    changed["defaults"]["lr"] = 0.05
+    after = parse_params(changed)
+    moved = {n for n in raw["variants"] if after.variant(n).lr != params.variant(n).lr}
+    assert moved == {n for n, own in raw["variants"].items() if "lr" not in own} and moved
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda r: r["defaults"].update(lrr=0.1), "defaults.lrr: unknown key; allowed keys are optimizer, lr, "),
+    (lambda r: r["defaults"].update(model="skeleton"), "defaults.model: unknown key"),
+    (lambda r: r["defaults"].update(lr="fast"), "variants.basic_setup.lr: expected float, got 'fast'"),
+    (lambda r: r["defaults"].pop("momentum"),
+     "variants.basic_setup.momentum: missing; set it under defaults (every variant) or here"),
+    (lambda r: r["variants"]["skeleton"].pop("model"), "variants.skeleton.model: missing; add it to params.yaml"),
+    (lambda r: r["variants"]["skeleton"].update(name="x"), "variants.skeleton.name: unknown key"),
+    (lambda r: r.update(defaults=[1]), "defaults: expected a mapping, got list"),
+])
+def test_defaults_and_variants_name_the_bad_key(raw, mutate, expected):
+    msg = rejected(raw, mutate)
+    assert msg.startswith(expected), msg
+    assert "\n" not in msg
+
+
+def test_seeds_are_fixed_per_variant_train_seed_first(repo_root):
+    params = load_params(repo_root / "params.yaml")
+    assert params.seeds_of("basic_setup") == (1, 2, 3)
+    for name in params.variants:
+        if name != "basic_setup":
+            assert params.seeds_of(name) == tuple(range(1, 11)), name
+    assert params.stage_of("basic_setup", 1) == "train@basic_setup"
+    assert params.stage_of("basic_setup", 3) == "seed_slow@basic_setup-3"
+    assert params.stage_of("under_5k", 10) == "seed@under_5k-10"
+    with pytest.raises(ParamsError, match=r"^seeds: variant basic_setup does not train seed 4; its seeds are 1, 2, 3$"):
+        params.stage_of("basic_setup", 4)
+    with pytest.raises(ParamsError, match=r"^variants\.nope: unknown variant"):
+        params.seeds_of("nope")
+
+
+def test_dvc_stages_are_exactly_the_runs_params_fix(repo_root):
+    """dvc.yaml expands to one training stage per (variant, seed) of seeds_of, nothing more, and the
+    run groups' stages to their params' lists: the matrix's cross products add no run."""
+    from dvc.repo import Repo
+
+    params = load_params(repo_root / "params.yaml")
+    with Repo(str(repo_root)) as repo:
+        names = {s.addressing for s in repo.index.stages}
+    training = {n for n in names if n.split("@")[0] in ("train", "seed", "seed_slow")}
+    assert training == {params.stage_of(v, s) for v in params.variants for s in params.seeds_of(v)}
+    assert {n for n in names if n.startswith("published_path@")} == {
+        f"published_path@{v}-{s}" for v in params.published_path.variants for s in params.published_path.seeds}
+    assert {n for n in names if n.startswith("confirm@")} == {f"confirm@{s}" for s in params.confirmation.seeds}
+    assert {n for n in names if n.startswith("precision@")} == {f"precision@{s}" for s in params.precision.seeds}
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda r: r["seeds"]["slow"]["variants"].append("dropout"),
+     "seeds.slow.variants: 'dropout' is also in seeds.variants; keep it in one"),
+    (lambda r: r["seeds"].update(variants=["dropout", "dropout"]), "seeds.variants: ['dropout', 'dropout'] lists a variant twice"),
+    (lambda r: r["seeds"].update(slow=3), "seeds.slow: expected a mapping with variants and extra"),
+    (lambda r: r["seeds"]["slow"].update(extras=[2]), "seeds.slow.extras: unknown key"),
+    (lambda r: r["published_path"].update(seeds=[1, 1]), "published_path.seeds: [1, 1] lists a seed twice"),
+    (lambda r: r["published_path"].update(margin=0), "published_path.margin: must be a positive number"),
+    (lambda r: r["published_path"].pop("margin"), "published_path.margin: missing"),
+    (lambda r: r["published_path"].update(margin="0.15"), "published_path.margin: expected float"),
+    (lambda r: r["confirmation"].update(seeds="101"), "confirmation.seeds: expected a list of integers"),
+    (lambda r: r["confirmation"].update(min_final_test_mean=140), "confirmation.min_final_test_mean: must be"),
+    (lambda r: r["confirmation"].update(criterion="mean"), "confirmation.criterion: unknown key"),
+    (lambda r: r.pop("confirmation"), "confirmation: missing section"),
+])
+def test_run_groups_name_the_bad_key(raw, mutate, expected):
+    msg = rejected(raw, mutate)
+    assert msg.startswith(expected), msg
+
+
+def test_run_groups_as_params_fix_them(repo_root):
+    """The values issue 20 fixes before the runs (INTERFACES.md)."""
+    params = load_params(repo_root / "params.yaml")
+    assert params.published_path.variants == ("skeleton", "augmentation", "lr_scheduler")
+    assert params.published_path.seeds == (1, 2, 3, 4, 5) and params.published_path.margin == 0.15
+    assert params.confirmation.variant == "under_5k" and params.confirmation.seeds == tuple(range(101, 111))
+    assert params.confirmation.min_final_test_mean == 99.40
+    assert not set(params.confirmation.seeds) & set(params.seeds_of("under_5k"))  # never run before
+
+
 def test_unknown_variant_key(raw):
     msg = rejected(raw, lambda r: r["variants"]["skeleton"].update(lrr=0.1))
     assert msg.startswith("variants.skeleton.lrr:") and "unknown key" in msg
@@ -82,17 +173,19 @@ def test_unknown_variant_name(repo_root):
         params.variant("lr_schedular")
 
 
-@pytest.mark.parametrize("section", ["precision", "benchmark"])
+@pytest.mark.parametrize("section", ["precision", "benchmark", "confirmation"])
 def test_variant_of_a_section_must_exist(raw, section):
     msg = rejected(raw, lambda r: r[section].update(variant="nope"))
-    assert msg.startswith("variants.nope: unknown variant")
+    assert msg.startswith(f"{section}.variant: 'nope' is not a variant; choose from basic_setup, ")
 
 
-@pytest.mark.parametrize("section", ["seeds", "published_path"])
+@pytest.mark.parametrize("section", ["seeds", "seeds.slow", "published_path"])
 def test_variant_lists_name_variants(raw, section):
-    msg = rejected(raw, lambda r: r[section].update(variants=["skeleton", "nope"]))
+    def update(**changes):
+        return lambda r: (r["seeds"]["slow"] if section == "seeds.slow" else r[section]).update(changes)
+    msg = rejected(raw, update(variants=["skeleton", "nope"]))
     assert msg.startswith(f"{section}.variants: 'nope' is not a variant")
-    msg = rejected(raw, lambda r: r[section].update(variants="skeleton"))
+    msg = rejected(raw, update(variants="skeleton"))
     assert msg.startswith(f"{section}.variants: expected a list of variant names")
 
 
@@ -158,6 +251,8 @@ def test_nesterov_needs_momentum(raw):
 def test_extra_seeds_rejected(raw, seeds, expected):
     msg = rejected(raw, lambda r: r["seeds"].update(extra=seeds))
     assert msg.startswith("seeds.extra:") and expected in msg
+    msg = rejected(raw, lambda r: r["seeds"]["slow"].update(extra=seeds))
+    assert msg.startswith("seeds.slow.extra:") and expected in msg
 
 
 @pytest.mark.parametrize("seeds", [[1, 1], [True], "1"])

@@ -1,7 +1,7 @@
 """End to end: the whole `dvc repro` on a slice (conftest's finished_pipeline: a throw-away git +
-DVC copy of the project), what it wrote and did not write, its stage logs; and dvc.yaml's
-hand-written variant lists against params.yaml. Expectations come from the copy's params.yaml and
-`dvc stage list`, not from a fixed list of stages, so a stage added later keeps them valid."""
+DVC copy of the project), what it wrote and did not write, its stage logs. Expectations come from
+the copy's params.yaml (through mnist_repro.config: seeds_of, stage_of) and `dvc stage list`, not
+from a fixed list of stages, so a stage added later keeps them valid."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import DVC, REPO, lock_outs, sh, tree_digests
+from conftest import DVC, lock_outs, sh, tree_digests
 
-TRAINING = ("train@", "seed@", "precision@", "published_path@")
+from mnist_repro.config import load_params
+
+pytestmark = pytest.mark.slow  # every test here reads the one `dvc repro` of conftest's finished_pipeline
+
+TRAINING = ("train@", "seed@", "seed_slow@", "confirm@", "precision@", "published_path@")
 EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+)\b")
 
 
@@ -20,13 +25,14 @@ def params_of(root: Path) -> dict:
     return yaml.safe_load((root / "params.yaml").read_text())
 
 
-def expected_stages(p: dict) -> set:
+def expected_stages(root: Path) -> set:
     """The stages params.yaml's lists make dvc.yaml expand to."""
-    return {"check_params", "download", "benchmark",
-            *(f"train@{v}" for v in p["variants"]),
-            *(f"seed@{v}-{s}" for v in p["seeds"]["variants"] for s in p["seeds"]["extra"]),
-            *(f"precision@{s}" for s in p["precision"]["seeds"]),
-            *(f"published_path@{v}" for v in p["published_path"]["variants"])}
+    p = load_params(root / "params.yaml")
+    return {"check_params", "download", "benchmark", "compare", "report",
+            *(p.stage_of(v, s) for v in p.variants for s in p.seeds_of(v)),
+            *(f"confirm@{s}" for s in p.confirmation.seeds),
+            *(f"precision@{s}" for s in p.precision.seeds),
+            *(f"published_path@{v}-{s}" for v in p.published_path.variants for s in p.published_path.seeds)}
 
 
 def stage_logs(stdout: str) -> dict:
@@ -60,28 +66,28 @@ def allowed_change(root: Path, rel: str, outs: set) -> bool:
 def test_repro_runs_every_stage(finished_pipeline):
     work, out = finished_pipeline["work"], finished_pipeline["repro"].stdout
     ran = set(stage_logs(out))
-    assert expected_stages(params_of(work)) <= ran, sorted(expected_stages(params_of(work)) - ran)
+    assert expected_stages(work) <= ran, sorted(expected_stages(work) - ran)
     listed = sh([*DVC, "stage", "list", "--name-only"], work, finished_pipeline["env"]).stdout.split()
     assert set(listed) == ran, f"stages not run: {sorted(set(listed) - ran)}; run but not listed: {sorted(ran - set(listed))}"
 
 
 def test_outputs_in_the_pipeline_layout(finished_pipeline):
     work = finished_pipeline["work"]
-    p = params_of(work)
+    p, params = params_of(work), load_params(work / "params.yaml")
     tr, seed = p["train"], p["train"]["seed"]
     steps = -(-tr["train_limit"] // tr["batch_size"])
-    runs = [(v, seed) for v in p["variants"]] + [(v, s) for v in p["seeds"]["variants"] for s in p["seeds"]["extra"]]
+    runs = [(v, s) for v in params.variants for s in params.seeds_of(v)]
+    runs += [(f"confirmation/{params.confirmation.variant}", s) for s in params.confirmation.seeds]
     for v, s in runs:
-        m = json.loads((work / f"metrics/runs/{v}/seed_{s}.json").read_text())
+        folder, v = (("metrics/confirmation/runs", v.split("/")[1]) if v.startswith("confirmation/")
+                     else (f"metrics/runs/{v}", v))
+        m = json.loads((work / f"{folder}/seed_{s}.json").read_text())
         assert (m["variant"], m["seed"], m["epochs"]) == (v, s, tr["epochs"]), m
         assert (m["train_images"], m["test_images"], m["optimizer_steps"]) == (tr["train_limit"], tr["test_limit"],
                                                                               tr["epochs"] * steps), m
         assert m["num_processes"] == p["launch"]["num_processes"], m
-        history = json.loads((work / f"metrics/history/{v}/seed_{s}.json").read_text())
+        history = json.loads((work / folder.replace("/runs", "/history") / f"seed_{s}.json").read_text())
         assert [h["epoch"] for h in history] == list(range(1, tr["epochs"] + 1))
-        ckpt = "" if s == seed else f"-seed{s}"
-        manifests = sorted((work / f"checkpoints/{v}{ckpt}").glob("node-*/run.json"))  # one per node
-        assert manifests and all(json.loads(f.read_text())["finished"] is True for f in manifests), (v, s)
     for v in p["variants"]:
         assert (work / f"models/{v}.pt").stat().st_size > 0
         assert json.loads((work / f"metrics/errors/{v}.json").read_text())["test_images"] == tr["test_limit"]
@@ -89,8 +95,10 @@ def test_outputs_in_the_pipeline_layout(finished_pipeline):
         m = json.loads((work / f"metrics/precision/seed_{s}.json").read_text())
         assert (m["variant"], m["seed"]) == (p["precision"]["variant"], s)
         assert m["mixed_precision"] == p["precision"]["mixed_precision"], m
-    for v in p["published_path"]["variants"]:
-        assert json.loads((work / f"metrics/published_path/{v}.json").read_text())["epochs"] == tr["epochs"]
+    for v in params.published_path.variants:
+        for s in params.published_path.seeds:
+            run = json.loads((work / f"metrics/published_path/runs/{v}/seed_{s}.json").read_text())
+            assert (run["epochs"], run["seed"], run["data_path"]) == (tr["epochs"], s, "published"), run
     assert json.loads((work / "metrics/benchmark.json").read_text())["variant"] == p["benchmark"]["variant"]
 
 
@@ -136,31 +144,9 @@ def test_second_repro_is_a_no_op_and_status_is_clean(finished_pipeline):
 
 
 def plots(root: Path) -> list:
-    """[(name, spec)] of dvc.yaml's top-level plots, read as DVC reads it (a key written twice is
-    an error there, not silently dropped as yaml.safe_load would)."""
     from dvc.utils.serialize import load_yaml
 
     return [(name, spec) for entry in load_yaml(root / "dvc.yaml")["plots"] for name, spec in entry.items()]
-
-
-def test_plots_name_every_variant_once_and_their_templates_exist():
-    """dvc.yaml's top-level plots list every variant by hand: one file per variant, all of one
-    pattern (metrics/history/<v>/seed_1.json, ...), nothing else; each template is in .dvc/plots/."""
-    variants = list(params_of(REPO)["variants"])
-    assert plots(REPO)
-    for name, spec in plots(REPO):
-        assert isinstance(spec.get("y"), dict), f"plot {name}: y should map each file to its field(s)"
-        named = {f: [v for v in variants if v in Path(f).parts or Path(f).stem == v] for f in spec["y"]}
-        assert all(len(vs) == 1 for vs in named.values()), f"plot {name}: files naming no single variant: " \
-            f"{[f for f, vs in named.items() if len(vs) != 1]}"
-        assert sorted(vs[0] for vs in named.values()) == sorted(variants), \
-            f"plot {name}: missing {sorted(set(variants) - {vs[0] for vs in named.values()})}"
-        patterns = {f.replace(vs[0], "<variant>") for f, vs in named.items()}
-        assert len(patterns) == 1, f"plot {name} mixes file patterns: {sorted(patterns)}"
-        template = spec.get("template")
-        if template:
-            path = REPO / ".dvc" / "plots" / (template if Path(template).suffix else f"{template}.json")
-            assert path.is_file(), f"plot {name}: template {template} not at {path.relative_to(REPO)}"
 
 
 def test_every_plotted_file_is_a_pipeline_output(finished_pipeline):

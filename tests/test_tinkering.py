@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import DVC, experiments, sh, tree_digests
 
+pytestmark = pytest.mark.slow  # each test runs DVC on a copy of conftest's finished_pipeline
+
 QUICK_COMMAND = "dvc exp run --temp train@lr_scheduler"
 # A typo'd key and an out-of-range value, each with what its error must name.
 BAD_OVERRIDES = (("+train.epoch=3", re.compile(r"\btrain\.epoch\b(?!s)")),

@@ -7,8 +7,6 @@ of the wrong type or out of range raises ``ParamsError`` naming the key path
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,42 +14,10 @@ from typing import Any
 import yaml
 
 from .errors import ParamsError
+from .typed_yaml import Yaml12Loader, build, int_list, section, variant_list
 
 SCHEDULES = ("constant", "one_cycle")
 OPTIMIZERS = ("sgd", "nesterov", "adam")  # SGD as published, its Nesterov form, Adam with beta1 = momentum
-
-
-def _build(cls, data: Any, path: str):
-    """Instantiate dataclass ``cls`` from a mapping, checking keys and types."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ParamsError(
-            f"{path}.{unknown[0]}: unknown key; allowed keys are {', '.join(known)}"
-        )
-    values = {}
-    for name, f in known.items():
-        key = f"{path}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"{key}: missing; add it to params.yaml")
-            continue
-        values[name] = _check_type(data[name], f.type, key)
-    return cls(**values)
-
-
-def _check_type(value: Any, type_name: str, key: str):
-    # Annotations are strings under `from __future__ import annotations`.
-    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(type_name)
-    if expected is None:  # a nested dataclass or a list, built by the caller
-        return value
-    if isinstance(value, bool) and type_name != "bool":
-        raise ParamsError(f"{key}: expected {type_name}, got a boolean {value!r}")
-    if not isinstance(value, expected):
-        raise ParamsError(f"{key}: expected {type_name}, got {value!r}")
-    return float(value) if type_name == "float" else value
 
 
 @dataclass(frozen=True)
@@ -140,23 +106,40 @@ class VariantConfig:
 
 
 @dataclass(frozen=True)
-class SeedsConfig:
+class SeedGroup:
+    """Variants that train the same extra seeds beside train.seed."""
     variants: tuple
     extra: tuple
 
 
 @dataclass(frozen=True)
-class PublishedPathConfig:
-    variants: tuple
-    seeds: tuple = (1,)   # STUB (pipeline owns the real one): seeds of each published-path rerun
-    margin: float = 0.15  # STUB: equivalence margin, percentage points of test accuracy
+class SeedsConfig(SeedGroup):
+    """seeds: the main group (variants, extra; stage seed@) and the slow group (stage seed_slow@)."""
+    slow: SeedGroup = SeedGroup((), ())
 
 
 @dataclass(frozen=True)
-class ConfirmationConfig:  # STUB (pipeline owns the real one)
+class PublishedPathConfig:
+    variants: tuple
+    seeds: tuple
+    margin: float  # equivalence margin, percentage points of test accuracy
+
+    def __post_init__(self):
+        if not 0 < self.margin < 100:
+            raise ParamsError(f"published_path.margin: must be a positive number of percentage points, "
+                              f"got {self.margin}")
+
+
+@dataclass(frozen=True)
+class ConfirmationConfig:
     variant: str
     seeds: tuple
-    min_final_test_mean: float
+    min_final_test_mean: float  # %, mean final-epoch test accuracy over the seeds
+
+    def __post_init__(self):
+        if not 0 < self.min_final_test_mean <= 100:
+            raise ParamsError(f"confirmation.min_final_test_mean: must be a test accuracy in (0, 100] %, "
+                              f"got {self.min_final_test_mean}")
 
 
 @dataclass(frozen=True)
@@ -179,17 +162,12 @@ class Params:
     download: DownloadConfig
     launch: LaunchConfig
     train: TrainConfig
-    variants: dict  # name -> VariantConfig, in params.yaml order
+    variants: dict  # name -> VariantConfig (defaults merged in), in params.yaml order
     seeds: SeedsConfig
     published_path: PublishedPathConfig
+    confirmation: ConfirmationConfig
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
-    confirmation: ConfirmationConfig | None = None  # STUB: optional until params.yaml has the section
-
-    def seeds_of(self, name: str) -> tuple:
-        """STUB: train.seed first, then seeds.extra for the variants seeds.variants lists."""
-        extra = self.seeds.extra if name in self.seeds.variants else ()
-        return (self.train.seed, *(s for s in extra if s != self.train.seed))
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -198,14 +176,44 @@ class Params:
             )
         return self.variants[name]
 
+    def seeds_of(self, name: str) -> tuple[int, ...]:
+        """Every seed variant `name` trains, train.seed first (fixed in params.yaml before the runs)."""
+        self.variant(name)
+        for group in (self.seeds, self.seeds.slow):
+            if name in group.variants:
+                return (self.train.seed, *group.extra)
+        return (self.train.seed,)
 
-def _build_variant(name: str, data: Any) -> VariantConfig:
-    from .models import MODELS  # late import: models imports torch, config should not need to
+    def stage_of(self, name: str, seed: int) -> str:
+        """The DVC stage (dvc.yaml) that trains variant `name` with `seed`."""
+        if seed not in self.seeds_of(name):
+            raise ParamsError(f"seeds: variant {name} does not train seed {seed}; its seeds are "
+                              f"{', '.join(map(str, self.seeds_of(name)))}")
+        if seed == self.train.seed:
+            return f"train@{name}"
+        return f"{'seed_slow' if name in self.seeds.slow.variants else 'seed'}@{name}-{seed}"
+
+
+# The recipe keys a `defaults:` section may set; every other VariantConfig field is the variant's own.
+OWN_KEYS = ("name", "model", "target")
+RECIPE_KEYS = tuple(f.name for f in fields(VariantConfig) if f.name not in OWN_KEYS)
+
+
+def _build_variant(name: str, data: Any, defaults: dict) -> VariantConfig:
+    from .models import unbuildable  # late import: models imports torch, config should not need to
 
     path = f"variants.{name}"
-    variant = _build(VariantConfig, {**data, "name": name} if isinstance(data, dict) else data, path)
-    if variant.model not in MODELS:
-        raise ParamsError(f"{path}.model: unknown model {variant.model!r}; choose one of {', '.join(MODELS)}")
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
+    if "name" in data:
+        raise ParamsError(f"{path}.name: unknown key; the variant's name is its key under variants")
+    missing = [k for k in RECIPE_KEYS if k not in data and k not in defaults]
+    if missing:
+        raise ParamsError(f"{path}.{missing[0]}: missing; set it under defaults (every variant) or here")
+    variant = build(VariantConfig, {**defaults, **data, "name": name}, path)
+    problem = unbuildable(variant.model)
+    if problem:
+        raise ParamsError(f"{path}.model: {problem}")
     if variant.schedule not in SCHEDULES:
         raise ParamsError(f"{path}.schedule: unknown schedule {variant.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if variant.optimizer not in OPTIMIZERS:
@@ -224,37 +232,48 @@ def _build_variant(name: str, data: Any) -> VariantConfig:
     return variant
 
 
-def _int_list(value: Any, key: str) -> tuple:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ParamsError(f"{key}: expected a list of integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise ParamsError(f"{key}: {value!r} lists a seed twice")
-    return tuple(value)
+def _defaults(raw: Any) -> dict:
+    """The defaults section: recipe keys only (a variant's model and target are its own)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"defaults: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(RECIPE_KEYS))
+    if unknown:
+        raise ParamsError(f"defaults.{unknown[0]}: unknown key; allowed keys are {', '.join(RECIPE_KEYS)}"
+                          + (" (model and target belong to each variant)" if unknown[0] in OWN_KEYS else ""))
+    return raw
 
 
-def _variant_list(value: Any, key: str, variants: dict) -> tuple:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ParamsError(f"{key}: expected a list of variant names, got {value!r}")
-    for name in value:
-        if name not in variants:
-            raise ParamsError(f"{key}: {name!r} is not a variant; choose from {', '.join(variants)}")
-    return tuple(value)
+def _seed_group(raw: Any, path: str, variants: dict, train_seed: int) -> dict:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping with variants and extra, got {type(raw).__name__}")
+    group = {**raw, "variants": variant_list(raw.get("variants"), f"{path}.variants", variants),
+             "extra": int_list(raw.get("extra"), f"{path}.extra")}
+    if train_seed in group["extra"]:
+        raise ParamsError(f"{path}.extra: must exclude train.seed ({train_seed}), which every variant's main run trains")
+    return group
 
 
-def _section(raw: dict, name: str) -> dict:
-    if not isinstance(raw[name], dict):
-        raise ParamsError(f"{name}: expected a mapping, got {type(raw[name]).__name__}")
-    return raw[name]
+def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
+    """Each variant in at most one seed group; one in neither trains train.seed only (quick pipelines)."""
+    main = _seed_group(raw, "seeds", variants, train_seed)
+    main.pop("slow", None)
+    slow = build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
+                                         train_seed), "seeds.slow")
+    seeds = build(SeedsConfig, {**main, "slow": slow}, "seeds")
+    both = sorted(set(seeds.variants) & set(slow.variants))
+    if both:
+        raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
+    return seeds
 
 
-SECTIONS = ("download", "launch", "train", "variants", "seeds", "published_path", "precision", "benchmark")
-OPTIONAL_SECTIONS = ("confirmation",)  # STUB
+SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
+            "precision", "benchmark")
 
 
 def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: expected a mapping at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown section; allowed are {', '.join(SECTIONS)}")
     missing = [s for s in SECTIONS if s not in raw]
@@ -262,34 +281,30 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError(f"{missing[0]}: missing section; add it to params.yaml")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ParamsError("variants: expected a mapping of at least one variant")
-    variants = {name: _build_variant(name, data) for name, data in raw["variants"].items()}
-    train = _build(TrainConfig, raw["train"], "train")
-    seeds_raw, code_raw, prec_raw = (_section(raw, s) for s in ("seeds", "published_path", "precision"))
-    seeds = _build(SeedsConfig, {**seeds_raw,
-                                 "variants": _variant_list(seeds_raw.get("variants"), "seeds.variants", variants),
-                                 "extra": _int_list(seeds_raw.get("extra"), "seeds.extra")}, "seeds")
-    if train.seed in seeds.extra:
-        raise ParamsError(f"seeds.extra: must exclude train.seed ({train.seed}), which every variant's main run trains")
-    precision = _build(PrecisionConfig, {**prec_raw, "seeds": _int_list(prec_raw.get("seeds"), "precision.seeds")},
+    defaults = _defaults(raw["defaults"])
+    variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
+    train = build(TrainConfig, raw["train"], "train")
+    pp_raw, conf_raw, prec_raw = (section(raw, s) for s in ("published_path", "confirmation", "precision"))
+    precision = build(PrecisionConfig, {**prec_raw, "seeds": int_list(prec_raw.get("seeds"), "precision.seeds")},
                        "precision")
     params = Params(
-        download=_build(DownloadConfig, raw["download"], "download"),
-        launch=_build(LaunchConfig, raw["launch"], "launch"),
+        download=build(DownloadConfig, raw["download"], "download"),
+        launch=build(LaunchConfig, raw["launch"], "launch"),
         train=train,
         variants=variants,
-        seeds=seeds,
-        published_path=_build(PublishedPathConfig, {**code_raw, "variants": _variant_list(
-            code_raw.get("variants"), "published_path.variants", variants),
-            **({"seeds": _int_list(code_raw["seeds"], "published_path.seeds")} if "seeds" in code_raw else {})},
-            "published_path"),
-        confirmation=None if "confirmation" not in raw else _build(ConfirmationConfig, {
-            **_section(raw, "confirmation"),
-            "seeds": _int_list(raw["confirmation"].get("seeds"), "confirmation.seeds")}, "confirmation"),
+        seeds=_seeds(section(raw, "seeds"), variants, train.seed),
+        published_path=build(PublishedPathConfig, {
+            **pp_raw, "variants": variant_list(pp_raw.get("variants"), "published_path.variants", variants),
+            "seeds": int_list(pp_raw.get("seeds"), "published_path.seeds")}, "published_path"),
+        confirmation=build(ConfirmationConfig, {
+            **conf_raw, "seeds": int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
-        benchmark=_build(BenchmarkConfig, raw["benchmark"], "benchmark"),
+        benchmark=build(BenchmarkConfig, raw["benchmark"], "benchmark"),
     )
-    params.variant(params.precision.variant)
-    params.variant(params.benchmark.variant)
+    for key in ("confirmation", "precision", "benchmark"):
+        name = getattr(params, key).variant
+        if name not in params.variants:
+            raise ParamsError(f"{key}.variant: {name!r} is not a variant; choose from {', '.join(params.variants)}")
     for key, value in (("precision.mixed_precision", precision.mixed_precision),
                        ("benchmark.mixed_precision", params.benchmark.mixed_precision)):
         if value not in PRECISIONS[1:]:
@@ -299,26 +314,6 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError("benchmark.steps: must be 0 (one whole epoch) or a positive count, "
                           "and benchmark.repeats a positive count")
     return params
-
-
-class Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's scalars, the way DVC reads and rewrites params.yaml.
-
-    `dvc exp run -S` rewrites params.yaml under YAML 1.2 and drops the quotes of
-    `mixed_precision: "no"`; PyYAML (YAML 1.1) would read that bare `no` as false
-    and `1e-3` as a string, so a valid experiment would fail its own checks.
-    """
-
-
-Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                   list("tTfF"))
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -49,7 +49,8 @@ def read_input(path: str | Path, how_to_make: str):
 
 
 def seed_stage(params: Params, name: str, seed: int) -> str:
-    return f"train@{name}" if seed == params.train.seed else f"seed@{name}-{seed}"
+    """The DVC stage that writes variant `name`'s run of `seed` (dvc.yaml's names, kept in config)."""
+    return params.stage_of(name, seed)
 
 
 def seed_file(root: str | Path, name: str, seed: int) -> Path:
