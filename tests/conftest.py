@@ -241,9 +241,10 @@ def _seeds(committed: dict, runs: str) -> dict:
 @pytest.fixture(scope="session")
 def make_results_project(committed_results, mnist_root):
     """Factory: make_results_project(dest) fills dest with what compare and report read:
-    params.yaml (full-size train section; lr_scheduler's extra seeds and published-path
-    rerun configured), reference/published.json, the committed runs in the new layout,
-    and an errors file for the last variant (below). Returns dest."""
+    params.yaml (full-size train section; the committed variants, lr_scheduler's extra seeds
+    and its one-seed published-path rerun configured, nothing else), reference/published.json,
+    the committed runs in the new layout, and an errors file for the last variant (below).
+    Returns dest."""
     import shutil
 
     import torch
@@ -258,11 +259,19 @@ def make_results_project(committed_results, mnist_root):
         ours, rerun = _seeds(committed_results, "metrics/runs"), _seeds(committed_results, "metrics/published_path/runs")
         extra = {v: [s for s in seeds if s != 1] for v, seeds in ours.items() if seeds != [1]}
         (seeded, extra_seeds), = extra.items()  # one variant has extra seeds: lr_scheduler
+        # the variants those runs are of, in params.yaml's order (later ones, such as under_5k, postdate them)
+        kept = [name for name in variants if name in ours]
+        (pp_seeds,) = {tuple(seeds) for seeds in rerun.values()}  # one set of seeds for the published path
         write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
-            # the variants those runs are of, in params.yaml's order (later ones, such as under_5k, postdate them)
-            "variants": {name: variants[name] for name in variants if name in ours},
-            "seeds.variants": [seeded], "seeds.extra": extra_seeds,
-            "published_path.variants": list(rerun), "precision.seeds": []})
+            "variants": {name: variants[name] for name in kept},
+            # exactly the seeds committed: one group, no slow group (basic_setup has seed 1 only)
+            "seeds.variants": [seeded], "seeds.extra": extra_seeds, "seeds.slow": {"variants": [], "extra": []},
+            "published_path.variants": list(rerun), "published_path.seeds": list(pp_seeds),
+            # params.yaml's confirmation is of under_5k, which postdates these runs: the required section
+            # names the last committed variant instead, with params.yaml's seeds and criterion; none of its
+            # runs exists, so it reads as not run yet
+            "confirmation.variant": kept[-1],
+            "precision.seeds": []})
         (dest / "reference").mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "reference" / "published.json", dest / "reference" / "published.json")
         shutil.copytree(RESULTS_DIR / "metrics", dest / "metrics", dirs_exist_ok=True)
@@ -289,14 +298,15 @@ def compare_argv():
 
 @pytest.fixture(scope="session")
 def report_argv(mnist_root):
-    """report_argv(root): the report stage's arguments as dvc.yaml gives them, under root."""
+    """report_argv(root): the report stage's arguments as dvc.yaml gives them, under root, but for
+    --search (the results project has no search records; a test that has some adds it)."""
     return lambda root: ["--params", root / "params.yaml", "--reference", root / "reference/published.json",
                          "--table", root / "metrics/table", "--runs", root / "metrics/runs",
                          "--history", root / "metrics/history", "--published-path", root / "metrics/published_path",
-                         "--errors", root / "metrics/errors", "--precision", root / "metrics/precision",
-                         "--data", mnist_root,
+                         "--confirmation", root / "metrics/confirmation", "--errors", root / "metrics/errors",
+                         "--precision", root / "metrics/precision", "--data", mnist_root,
                          "--out", root / "metrics/report.md", "--figures", root / "metrics/figures",
-                         "--curves", root / "metrics/curves"]
+                         "--curves", root / "metrics/curves.json"]
 
 
 # --- throw-away git + DVC copies of the project, and one finished pipeline on a slice -----------

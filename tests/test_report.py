@@ -18,12 +18,8 @@ FIGURES = {f"{v}_vs_published.png" for v in VARIANTS} | {"test_accuracy_overlay.
 
 @pytest.fixture(scope="module")
 def argv(report_argv):
-    """The report stage's arguments: conftest's, with the curves file and the confirmation runs (dvc.yaml's)."""
-    def make(root: Path, search: Path | None = None) -> list:
-        args = list(report_argv(root))
-        args[args.index("--curves") + 1] = root / "metrics/curves.json"
-        return args + ["--confirmation", root / "metrics/confirmation"] + (["--search", search] if search else [])
-    return make
+    """The report stage's arguments: conftest's, with the search records' directory when given."""
+    return lambda root, search=None: [*report_argv(root), *(["--search", search] if search else [])]
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +138,11 @@ def test_a_variant_outside_its_interval_gets_the_facts_of_its_epochs(tmp_path, m
     assert "**lr_scheduler**: the published best test is above our interval" in outside
     assert outside.count("**") == 2  # the only one
     assert "- published best test 99.80; our 5 seeds: mean 99.47, interval [99.34, 99.60] (SD 0.043)" in outside
+    # the fixture's published-path rerun is one seed
+    assert "- the published data path has fewer than 2 seeds here: no difference to estimate" in outside
+    shutil.rmtree(root / "metrics/published_path")  # not run: the sentence names its stage
+    run_stage("report", argv(root))
+    outside = section((root / "metrics/report.md").read_text(), "## Outside the interval")
     assert ("the published data path is not rerun for `lr_scheduler` (not run yet: `dvc repro "
             "published_path@lr_scheduler-1`)") in outside
 
@@ -213,13 +214,17 @@ def test_curves_are_one_row_per_variant_and_epoch(built, repo_root):
     assert all(list(r) == CURVE_KEYS for r in rows)
     log = json.loads((repo_root / "reference/published.json").read_text())["logs"]
     seeds = [json.loads((built / f"metrics/history/lr_scheduler/seed_{s}.json").read_text()) for s in range(1, 6)]
+    # the published path's mean over its seeds: the fixture's one rerun (seed 1)
+    path = json.loads((built / "metrics/published_path/history/lr_scheduler/seed_1.json").read_text())
     for i, row in enumerate(r for r in rows if r["variant"] == "lr_scheduler"):
         accs = [h[i]["test_acc"] for h in seeds]
         assert row["test_acc"] == round(seeds[0][i]["test_acc"], 4) and row["train_loss"] == round(
             seeds[0][i]["train_loss"], 4)
         assert (row["ours_mean"], row["ours_min"], row["ours_max"]) == (
             round(sum(accs) / 5, 4), round(min(accs), 4), round(max(accs), 4))
-        assert row["published"] == log["lr_scheduler"][i]["test_acc"] and row["published_path"] is None
+        assert row["published"] == log["lr_scheduler"][i]["test_acc"]
+        assert row["published_path"] == round(path[i]["test_acc"], 4)
+    assert all(r["published_path"] is None for r in rows if r["variant"] != "lr_scheduler")  # not configured
 
 
 # --- variants not run yet -------------------------------------------------------------------------

@@ -35,6 +35,11 @@ from .errors import InputFileError
 RUN_KEYS = ("variant", "seed", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",
             "epochs", "train_images", "test_images", "wall_seconds", "device", "device_name", "num_processes",
             "num_machines", "mixed_precision", "torch")
+# What is read from a published-path rerun (table.same_seeds and the report's curves and figures): which
+# run it is and its two accuracies; "epochs" checks its history. Its stage writes every RUN_KEYS as well
+# (summary.summarize), but nothing reads the rest from it, so a rerun recorded before those keys existed
+# (tests/data/runs-37309a9) is still compared rather than refused.
+PATH_KEYS = ("variant", "seed", "data_path", "epochs", "best_test_acc", "final_test_acc")
 
 
 def read_input(path: str | Path, how_to_make: str):
@@ -119,9 +124,10 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
     return histories
 
 
-def _runs_and_histories(paths: list[tuple], what: str) -> list[dict]:
-    """[(seed, run path, history path, expected keys, stage)] -> [{"metrics", "history"}] for a set of
-    seeds that is run together: [] when none of its run files exists, an error when some do."""
+def _runs_and_histories(paths: list[tuple], what: str, keys: tuple) -> list[dict]:
+    """[(seed, run path, history path, expected values, stage)] -> [{"metrics", "history"}] for a set of
+    seeds that is run together, each run file holding `keys`: [] when none of its run files exists,
+    an error when some do."""
     present = [p for p in paths if p[1].is_file()]
     if not present:
         return []
@@ -133,7 +139,7 @@ def _runs_and_histories(paths: list[tuple], what: str) -> list[dict]:
     out = []
     for seed, path, history_path, expect, stage in paths:
         how_to = f"run `dvc repro {stage}`"
-        metrics = checked(read_input(path, how_to), path, RUN_KEYS, expect, how_to)
+        metrics = checked(read_input(path, how_to), path, keys, expect, how_to)
         out.append({"metrics": metrics, "history": read_history(history_path, metrics["epochs"], str(path), how_to)})
     return out
 
@@ -146,7 +152,7 @@ def read_published_path(params: Params, code_dir: str | Path) -> dict:
         paths = [(s, seed_file(root / "runs", name, s), seed_file(root / "history", name, s),
                   {"variant": name, "seed": s, "data_path": "published"}, f"published_path@{name}-{s}")
                  for s in params.published_path.seeds]
-        runs = _runs_and_histories(paths, f"published_path@{name}")
+        runs = _runs_and_histories(paths, f"published_path@{name}", PATH_KEYS)
         if runs:
             code[name] = runs
     return code
@@ -167,7 +173,7 @@ def read_confirmation(params: Params, confirmation_dir: str | Path) -> list[dict
     root = Path(confirmation_dir)
     paths = [(s, root / "runs" / f"seed_{s}.json", root / "history" / f"seed_{s}.json",
               {"variant": cfg.variant, "seed": s}, f"confirm@{s}") for s in cfg.seeds]
-    return _runs_and_histories(paths, "the confirmation")
+    return _runs_and_histories(paths, "the confirmation", RUN_KEYS)
 
 
 def confirmation_note(params: Params) -> str:
