@@ -9,9 +9,13 @@ that the report renders (mnist_repro.run_files.read_searches reads it):
     python research/search.py under_5k --max-params 5000 --out metrics/search/under_5k.json
 
 Exploration, not the pipeline: this script lives outside the library and no stage
-runs it. An experiment's recipe is its params.yaml as this checkout's config reads
-it; one whose params.yaml it cannot read (made by an older layout) is skipped and
-counted.
+runs it. An experiment's recipe is its variant's entry in its params.yaml over that
+file's `defaults:` section, as training merges them (a layout older than `defaults:`
+held the whole recipe in the entry), typed by this checkout's VariantConfig; the rest
+of the file is not read, so a section added or changed since (seeds, confirmation)
+does not hide an experiment. One whose recipe lacks a key this checkout needs (made
+before the key existed) or holds one it does not know is skipped and counted, not
+guessed at.
 
 Every experiment of the variant evaluated on a holdout is listed with the exact
 `-S` overrides that made it (its params.yaml against its baseline commit's).
@@ -34,9 +38,10 @@ import yaml
 from dvc.utils.flatten import flatten
 
 from mnist_repro import cli
-from mnist_repro.config import VariantConfig, Yaml12Loader, parse_params
+from mnist_repro.config import VariantConfig, Yaml12Loader
 from mnist_repro.errors import ParamsError, SearchError
 from mnist_repro.files import write_json
+from mnist_repro.typed_yaml import build
 
 SEED_KEY = "train.seed"
 # A variant's settings: every params.yaml key of it but its description.
@@ -58,11 +63,20 @@ def command(variant: str, changed: dict, baseline: dict) -> str:
         f"-S {'' if k in old else '++'}{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in changed.items())
 
 
+def recipe_of(params: dict, variant: str) -> VariantConfig:
+    """The variant as training read it: its entry over the file's `defaults:` (none before that section
+    existed); ParamsError naming the key when a key is missing or unknown to this checkout."""
+    defaults, entry = params.get("defaults") or {}, params["variants"][variant]
+    if not isinstance(defaults, dict) or not isinstance(entry, dict):
+        raise ParamsError(f"variants.{variant}: expected a mapping (and defaults one, if present)")
+    return build(VariantConfig, {**defaults, **entry, "name": variant}, f"variants.{variant}")
+
+
 def record(name: str, rev: str, baseline_rev: str, variant: str, params: dict, baseline: dict, run: dict) -> dict:
     """One experiment's line of the record (params: its params.yaml, baseline: its baseline commit's;
     run: its run summary). The command reruns it on checking out the baseline commit."""
     changed = overrides(params, baseline, variant)
-    recipe = parse_params(params).variant(variant)  # the variant as training read it (defaults merged)
+    recipe = recipe_of(params, variant)
     return {
         "experiment": name, "rev": rev[:7], "baseline": baseline_rev[:7],
         "command": command(variant, changed, baseline),
@@ -138,7 +152,7 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
             except ParamsError as e:
                 unreadable.append(f"{name}: {e}")
     if unreadable:
-        print(f"skipped {len(unreadable)} experiment(s) whose params.yaml this checkout cannot read, "
+        print(f"skipped {len(unreadable)} experiment(s) whose recipe this checkout cannot read, "
               f"such as {unreadable[0]}")
     if not records:
         raise SearchError(f"no successful holdout experiment of train@{variant} in this clone; "
