@@ -166,10 +166,8 @@ def published_path_note(params: Params, name: str) -> str:
 
 def read_confirmation(params: Params, confirmation_dir: str | Path) -> list[dict]:
     """[{"metrics", "history"}] of the confirmation runs, confirmation.seeds in order; [] when
-    none exists (not run yet) or params.yaml configures no confirmation."""
+    none exists (not run yet)."""
     cfg = params.confirmation
-    if cfg is None:
-        return []
     root = Path(confirmation_dir)
     paths = [(s, root / "runs" / f"seed_{s}.json", root / "history" / f"seed_{s}.json",
               {"variant": cfg.variant, "seed": s}, f"confirm@{s}") for s in cfg.seeds]

@@ -19,8 +19,6 @@ def _use_row(label: str, commit: str, model: str, params: int, runs: list[dict],
 
 def confirmation_section(inputs: ReportInputs) -> list[str]:
     cfg = inputs.params.confirmation
-    if cfg is None:
-        return ["No confirmation configured (`params.yaml` has no `confirmation` section)."]
     runs = [c["metrics"] for c in inputs.confirmation]
     threshold = cfg.min_final_test_mean
     lines = [f"Criterion, committed in `params.yaml` (`confirmation`) before these runs: the mean final-epoch test "

@@ -49,8 +49,7 @@ def search_sections(inputs: ReportInputs) -> list[str]:
     for name, record in inputs.searches.items():
         uses = sum(u["variant"] == name for u in inputs.test_set_uses)
         lines += [f"## Design search: {name}", "", *search_section(name, record, inputs.params, uses), ""]
-    if inputs.params.confirmation is not None:
-        lines += [f"## Confirmation: {inputs.params.confirmation.variant}", "", *confirmation_section(inputs), ""]
+    lines += [f"## Confirmation: {inputs.params.confirmation.variant}", "", *confirmation_section(inputs), ""]
     return lines
 
 
