@@ -70,10 +70,18 @@ def stages() -> dict:
         return {stage.addressing: stage for stage in repo.index.stages if stage.cmd}
 
 
-def script_of(cmd: str) -> Path:
-    scripts = [word for word in cmd.split() if word.startswith("stages/") and word.endswith(".py")]
+def programs_of(cmd: str) -> list[Path]:
+    """The stage script (one stages/*.py) and any package module the command runs with `python -m`
+    (a launcher such as `python -m mnist_repro.launch ... stages/train.py`)."""
+    words = cmd.split()
+    scripts = [word for word in words if word.startswith("stages/") and word.endswith(".py")]
     assert len(scripts) == 1, f"expected one stages/*.py in {cmd!r}"
-    return REPO / scripts[0]
+    modules = [module_file(b) for a, b in zip(words, words[1:]) if a == "-m" and module_file(b)]
+    return [REPO / scripts[0], *modules]
+
+
+def command_closure(cmd: str) -> list[str]:
+    return sorted({path for program in programs_of(cmd) for path in import_closure(program)})
 
 
 def code_deps(stage) -> list[str]:
@@ -86,6 +94,12 @@ def test_package_init_is_only_a_docstring():
         "src/mnist_repro/__init__.py runs code: add it to import_closure's lists"
 
 
+def test_a_module_run_with_python_m_is_in_the_closure():
+    cmd = "python -m mnist_repro.config stages/download.py --root data"
+    assert "src/mnist_repro/typed_yaml.py" in command_closure(cmd)
+    assert "src/mnist_repro/data.py" in command_closure(cmd)  # stages/download.py's own
+
+
 def test_the_closure_follows_late_and_relative_imports():
     """config imports models only inside a function, and models reaches torch, not the package."""
     closure = import_closure(REPO / "stages" / "check_params.py")
@@ -96,7 +110,7 @@ def test_the_closure_follows_late_and_relative_imports():
 def test_every_stage_depends_on_exactly_its_import_closure():
     wrong = {}
     for name, stage in stages().items():
-        expected = import_closure(script_of(stage.cmd))
+        expected = command_closure(stage.cmd)
         if code_deps(stage) != expected:
             wrong[name] = expected
     if wrong:

@@ -95,9 +95,10 @@ def touched_by(params, variant: str) -> set:
 
 
 def without_nulls(value):
-    """A metrics file as `dvc exp show --json` reports it: DVC leaves out null values."""
+    """A metrics file as `dvc exp show --json` reports it: DVC leaves out nulls (and what holds only nulls)."""
     if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        kept = {k: without_nulls(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None and v != {}}
     return value
 
 
