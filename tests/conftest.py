@@ -317,8 +317,10 @@ PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/"
 # not by a stage), which the report stage depends on.
 PIPELINE_INPUTS = ("metrics/search/",)
 GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main")
-# The quick pipeline: every stage runs, each on a slice (benchmark.steps 0 = one epoch of the slice).
-QUICK_PIPELINE = {"seeds.variants": ["lr_scheduler"], "seeds.extra": [2], "precision.seeds": [1],
+# The quick pipeline: every stage runs, each on a slice (benchmark.steps 0 = one epoch of the slice),
+# every kind of training stage once or twice rather than params.yaml's 60-odd runs.
+QUICK_PIPELINE = {"seeds.variants": ["lr_scheduler"], "seeds.extra": [2], "seeds.slow.extra": [2],
+                  "published_path.seeds": [1], "confirmation.seeds": [101], "precision.seeds": [1],
                   "benchmark.repeats": 1}
 PIPELINE_TIMEOUT_S = 1800
 DVC = (sys.executable, "-m", "dvc")
