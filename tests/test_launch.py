@@ -1,4 +1,4 @@
-"""Hand launches: `accelerate launch --config_file accelerate.yaml --quiet stages/train.py ...`
+"""Hand launches: `python -m mnist_repro.launch --config_file accelerate.yaml stages/train.py ...`
 prints neither Accelerate's "values were not passed" warning nor a traceback after a one-line
 error, and accelerate.yaml launches what params.yaml's launch section launches in the pipeline."""
 
@@ -23,7 +23,7 @@ def test_the_config_file_says_what_params_launch_says():
 
 
 def test_a_hand_launch_shows_one_error_line_no_warning_no_traceback(cli_env):
-    proc = run_cmd([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIG, "--quiet",
+    proc = run_cmd([sys.executable, "-m", "mnist_repro.launch", "--config_file", CONFIG,
                     REPO / "stages" / "train.py", "lr_schedular"], {**cli_env, "CUDA_VISIBLE_DEVICES": ""})
     both = proc.stdout + proc.stderr
     assert proc.returncode == 1, both

@@ -52,9 +52,13 @@ def within(rel: str, outs: set) -> bool:
     return any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outs)
 
 
+RESUME_STATE = "checkpoints/"  # git-ignored resume state, deliberately not a DVC output (docs/pipeline.md)
+
+
 def allowed_change(root: Path, rel: str, outs: set) -> bool:
-    """dvc.lock, a declared output, or a .gitignore whose every entry is a declared output (DVC's own)."""
-    if rel == "dvc.lock" or within(rel, outs):
+    """dvc.lock, a declared output, the resume state, or a .gitignore whose every entry is a
+    declared output (DVC's own)."""
+    if rel == "dvc.lock" or within(rel, outs) or rel.startswith(RESUME_STATE):
         return True
     if Path(rel).name == ".gitignore" and (root / rel).is_file():
         parent = Path(rel).parent
