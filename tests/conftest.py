@@ -590,10 +590,11 @@ def run_together(cmds, env: dict, log_dir: Path, timeout: float = TRAIN_TIMEOUT_
     return runs
 
 
-def run_until_checkpoint(cmds, env: dict, log_dir: Path, manifests, timeout: float = TRAIN_TIMEOUT_S):
+def run_until_checkpoint(cmds, env: dict, log_dir: Path, manifests, timeout: float = TRAIN_TIMEOUT_S,
+                         epoch: int | None = None):
     """Start every command at once and SIGKILL them all as soon as every checkpoint manifest in
-    `manifests` names a saved state (an interrupted job); fails if a run ends first. Returns the
-    runs and the manifests' contents at the kill."""
+    `manifests` names a saved state (that of `epoch`, when given: an interrupted job); fails if a
+    run ends first. Returns the runs and the manifests' contents at the kill."""
     import json
     import time
 
@@ -602,7 +603,8 @@ def run_until_checkpoint(cmds, env: dict, log_dir: Path, manifests, timeout: flo
 
     def has_state(path) -> bool:
         try:
-            return bool(json.loads(Path(path).read_text()).get("state"))
+            state = json.loads(Path(path).read_text()).get("state")
+            return bool(state) and (epoch is None or state == f"epoch-{epoch}")
         except (OSError, ValueError):  # not written yet
             return False
 

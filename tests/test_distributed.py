@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from conftest import (ACCELERATE_LAUNCH, ONE_THREAD, Started, evaluate_saved, free_port, run_cmd,
-                      run_together, train_cmd, without_timing)
+                      run_together, run_until_checkpoint, train_cmd, without_timing)
 
 from mnist_repro.config import load_params
 from mnist_repro.data import load_split
@@ -328,31 +328,6 @@ def test_each_machine_keeps_only_its_own_checkpoint(nodes_uninterrupted):
         assert json.loads((disk / f"node-{rank}" / "run.json").read_text())["finished"] is True
 
 
-def run_until_epoch(cmds, env: dict, log_dir, manifests, epoch: int, timeout: float = 300):
-    """Start every command at once and SIGKILL them all as soon as every manifest names the
-    state of `epoch`; fails if a run ends first. Returns the runs and the manifests then."""
-    runs = [Started(cmd, env, log_dir / f"run{i}") for i, cmd in enumerate(cmds)]
-    deadline = time.monotonic() + timeout
-
-    def at_epoch(path) -> bool:
-        try:
-            return json.loads(path.read_text()).get("state") == f"epoch-{epoch}"
-        except (OSError, ValueError):  # not written yet
-            return False
-
-    try:
-        while not all(at_epoch(m) for m in manifests):
-            ended = [i for i, r in enumerate(runs) if r.returncode is not None]
-            if ended or time.monotonic() > deadline:
-                pytest.fail(f"runs {ended} ended (or {timeout} s passed) before every manifest had epoch {epoch}:\n"
-                            + "\n".join(f"--- run {i} stderr\n{r.stderr[-3000:]}" for i, r in enumerate(runs)))
-            time.sleep(0.01)
-    finally:
-        for r in runs:
-            r.kill()
-    return runs, [json.loads(m.read_text()) for m in manifests]
-
-
 @pytest.fixture(scope="module")
 def nodes_killed(base, nodes_params, mnist_root, cpu_env):
     """Both launchers (and their workers) SIGKILLed once each node has saved epoch 2; a copy of
@@ -360,8 +335,8 @@ def nodes_killed(base, nodes_params, mnist_root, cpu_env):
     job = base / "nodes-killed"
     disks = [job / "disk0", job / "disk1"]
     manifests = [disks[rank] / f"node-{rank}" / "run.json" for rank in (0, 1)]
-    runs, saved = run_until_epoch(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs",
-                                  manifests, epoch=2)
+    runs, saved = run_until_checkpoint(two_nodes(nodes_params, mnist_root, job, disks), cpu_env, job / "logs",
+                                       manifests, epoch=2)
     for disk in disks:
         shutil.copytree(disk, job / "copy" / disk.name)
     return dict(job=job, disks=disks, saved=saved, runs=runs)
