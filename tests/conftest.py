@@ -447,17 +447,16 @@ TRAIN_TIMEOUT_S = 300
 # fingerprint); the tests share a few busy cores, where threads waiting on each other cost more
 # than they bring.
 ONE_THREAD = {"train.cpu_threads": 1}
-ACCELERATE_LAUNCH = (sys.executable, "-m", "accelerate.commands.launch")
+LAUNCH = (sys.executable, "-m", "mnist_repro.launch")  # dvc.yaml's launcher: `accelerate launch`, its flags
 TRAIN_OUTPUTS = {"metrics": "metrics.json", "history": "history.json", "model": "model.pt",
                  "errors": "errors.json"}
 
 
 def _train_stage_launch() -> str:
     """The launch part of dvc.yaml's train stage command, unresolved: what follows
-    `accelerate launch` up to --machine_rank (`${launch}` today)."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
-    cmd = (stage.get("do") or stage)["cmd"]
-    return cmd.split("accelerate launch", 1)[1].split("--machine_rank", 1)[0]
+    `python -m mnist_repro.launch` up to --machine_rank (`${launch}` today)."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    return cmd.split(" ".join(LAUNCH[1:]), 1)[1].split("--machine_rank", 1)[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -485,9 +484,9 @@ def train_cmd(variant: str, params: Path, data: Path, out: Path, *, outputs=("me
               checkpoint: Path | None = None, launch: bool = True, machine_rank: int = 0,
               launch_extra=()) -> list[str]:
     """stages/train.py writing `outputs` (named as in TRAIN_OUTPUTS) into out. With launch: under
-    `accelerate launch` with the params file's launch flags and --machine_rank, as dvc.yaml runs it,
-    then launch_extra (a later flag overrides the params'); -q, so a refused run shows its one-line
-    error, not the single-process launcher's traceback. Without: plain `python stages/train.py`."""
+    dvc.yaml's launcher (LAUNCH) with the params file's launch flags and --machine_rank, as dvc.yaml
+    runs it, then launch_extra (a later flag overrides the params'). Without: plain
+    `python stages/train.py`."""
     stage = [str(REPO / "stages" / "train.py"), variant, "--params", str(params), "--data", str(data)]
     for name in outputs:
         stage += [f"--{name}", str(Path(out) / TRAIN_OUTPUTS[name])]
@@ -495,7 +494,7 @@ def train_cmd(variant: str, params: Path, data: Path, out: Path, *, outputs=("me
         stage += ["--checkpoint", str(checkpoint)]
     if not launch:
         return [sys.executable, *stage]
-    return [*ACCELERATE_LAUNCH, "-q", *launch_flags(params), "--machine_rank", str(machine_rank),
+    return [*LAUNCH, *launch_flags(params), "--machine_rank", str(machine_rank),
             *map(str, launch_extra), *stage]
 
 

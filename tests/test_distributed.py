@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from conftest import (ACCELERATE_LAUNCH, ONE_THREAD, Started, evaluate_saved, free_port, run_cmd,
+from conftest import (ONE_THREAD, Started, evaluate_saved, free_port, run_cmd,
                       run_together, run_until_checkpoint, train_cmd, without_timing)
 
 from mnist_repro.config import load_params
@@ -211,7 +211,7 @@ def test_a_global_batch_smaller_than_the_processes_is_refused_up_front(cpu_env, 
     params = quick_params(base / "129.yaml", epochs=1, train_limit=129, test_limit=100,
                           overrides={**ONE_THREAD, **TWO_PROCESSES, "train.batch_size": 128})
     out = base / "129"
-    proc = run_cmd(quiet_launch(train_cmd("skeleton", params, mnist_root, out, checkpoint=out / "ckpt")), cpu_env)
+    proc = run_cmd(train_cmd("skeleton", params, mnist_root, out, checkpoint=out / "ckpt"), cpu_env)
     assert proc.returncode == 1
     # One line from global rank 0 (the other process exits 1 silently), and no launcher's traceback.
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
@@ -222,15 +222,6 @@ def test_a_global_batch_smaller_than_the_processes_is_refused_up_front(cpu_env, 
     assert not out.exists()  # no outputs, no checkpoint
 
 
-QUIET_LAUNCH = (sys.executable, "-m", "mnist_repro.launch")
-
-
-def quiet_launch(cmd: list) -> list:
-    """train_cmd's `accelerate launch -q ...` as `python -m mnist_repro.launch ...` (same flags)."""
-    n = len(ACCELERATE_LAUNCH)
-    assert tuple(cmd[:n]) == ACCELERATE_LAUNCH and cmd[n] == "-q", cmd
-    return [*QUIET_LAUNCH, *cmd[n + 1:]]
-
 
 def test_a_diverged_two_process_run_says_so_once(cpu_env, mnist_root, base, quick_params):
     """Both processes stop at the same epoch (the first non-finite step any of them saw) and
@@ -238,7 +229,7 @@ def test_a_diverged_two_process_run_says_so_once(cpu_env, mnist_root, base, quic
     params = quick_params(base / "diverge.yaml", epochs=2, train_limit=512, test_limit=100, overrides={
         **ONE_THREAD, **TWO_PROCESSES, "train.batch_size": 128, "variants.skeleton.lr": 1e6})
     out = base / "diverge"
-    proc = run_cmd(quiet_launch(train_cmd("skeleton", params, mnist_root, out)), cpu_env)
+    proc = run_cmd(train_cmd("skeleton", params, mnist_root, out), cpu_env)
     assert proc.returncode == 1
     [line] = [line for line in proc.stderr.splitlines() if line.strip()]
     assert line.startswith("error: skeleton: loss became NaN or infinite at epoch 1, step ")
@@ -252,7 +243,7 @@ def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, b
                         test_limit=TEST_LIMIT, overrides={"train.batch_size": BATCH})
     out = base / "ctrl-c"
     ckpt = out / "ckpt"
-    run = Started(quiet_launch(train_cmd("lr_scheduler", two, mnist_root, out, checkpoint=ckpt)), cpu_env, out / "run")
+    run = Started(train_cmd("lr_scheduler", two, mnist_root, out, checkpoint=ckpt), cpu_env, out / "run")
     deadline = time.monotonic() + 240
     while not (ckpt / "node-0" / "run.json").exists():
         assert run.returncode is None and time.monotonic() < deadline, run.stderr[-3000:]

@@ -121,8 +121,8 @@ def test_launch_flags_are_dvc_yamls_with_the_head_node_slurm_gave(job):
 
 def test_stage_arguments_are_dvc_yamls_train_command(job, repo_root):
     """The same outputs as train@lr_scheduler, so `dvc commit` records what the nodes wrote."""
-    cmd = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"]
-    cmd = cmd.replace("${key}", "lr_scheduler").replace("${train.seed}", "1")
+    cmd = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    cmd = cmd.replace("${item.variant}", "lr_scheduler").replace("${train.seed}", "1")
     stage = cmd.split()[cmd.split().index("stages/train.py"):]
     for launch in job["launches"]:
         assert launch["stage"] == stage

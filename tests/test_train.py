@@ -18,7 +18,7 @@ import types
 
 import pytest
 import torch
-from conftest import (ACCELERATE_LAUNCH, ONE_THREAD, Started, evaluate_saved, run_cmd, run_until_checkpoint,
+from conftest import (ONE_THREAD, Started, evaluate_saved, run_cmd, run_until_checkpoint,
                       train_cmd, without_timing)
 from torch.overrides import TorchFunctionMode
 
@@ -323,19 +323,10 @@ def test_an_unreadable_manifest_is_reported_in_one_line_and_the_run_starts_over(
 
 # --- Ctrl-C: one line on how to resume, under the launcher dvc.yaml uses ----------------------
 
-QUIET_LAUNCH = (sys.executable, "-m", "mnist_repro.launch")
-
-
-def quiet_launch(cmd: list) -> list:
-    """train_cmd's `accelerate launch -q ...` as `python -m mnist_repro.launch ...` (same flags)."""
-    n = len(ACCELERATE_LAUNCH)
-    assert tuple(cmd[:n]) == ACCELERATE_LAUNCH and cmd[n] == "-q", cmd
-    return [*QUIET_LAUNCH, *cmd[n + 1:]]
-
 
 def test_ctrl_c_says_in_one_line_how_to_resume_and_the_rerun_resumes(setup, uninterrupted, tmp_path):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    cmd = quiet_launch(train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt))
+    cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt)
     run = Started(cmd, setup["env"], tmp_path / "run")  # its own process group, as a terminal's job
     deadline = time.monotonic() + 240
     while not (node0(ckpt) / "run.json").exists():
