@@ -160,6 +160,8 @@ def read_published_path(params: Params, code_dir: str | Path) -> dict:
 
 def published_path_note(params: Params, name: str) -> str:
     seeds = params.published_path.seeds
+    if not seeds:
+        return "no runs configured (`published_path.seeds` is empty)"
     return (f"not run yet: `dvc repro published_path@{name}-{seeds[0]}` ... `published_path@{name}-{seeds[-1]}`"
             if len(seeds) > 1 else f"not run yet: `dvc repro published_path@{name}-{seeds[0]}`")
 
@@ -176,6 +178,8 @@ def read_confirmation(params: Params, confirmation_dir: str | Path) -> list[dict
 
 def confirmation_note(params: Params) -> str:
     seeds = params.confirmation.seeds
+    if not seeds:
+        return "no runs configured (`confirmation.seeds` is empty)"
     return (f"not run yet: `dvc repro confirm` (stages confirm@{seeds[0]} ... confirm@{seeds[-1]}, "
             f"{len(seeds)} runs of {params.confirmation.variant})")
 

@@ -20,9 +20,9 @@ def _use_row(label: str, commit: str, model: str, params: int, runs: list[dict],
 def confirmation_section(inputs: ReportInputs) -> list[str]:
     cfg = inputs.params.confirmation
     runs = [c["metrics"] for c in inputs.confirmation]
-    threshold = cfg.min_final_test_mean
+    threshold, seeds = cfg.min_final_test_mean, ", ".join(map(str, cfg.seeds)) or "(none configured)"
     lines = [f"Criterion, committed in `params.yaml` (`confirmation`) before these runs: the mean final-epoch test "
-             f"accuracy of `{cfg.variant}` over seeds {', '.join(map(str, cfg.seeds))} (never run before) is at least "
+             f"accuracy of `{cfg.variant}` over seeds {seeds} (never run before) is at least "
              f"{threshold:.2f}%. Reported whatever the outcome, with the lower end of the 95% prediction interval "
              "for one more run and how many seeds end at the threshold or above.", ""]
     if not runs:
