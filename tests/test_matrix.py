@@ -232,17 +232,20 @@ def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny
 
 def matrix_params() -> dict:
     """Overrides for write_quick_params: two variants (under_5k, which the committed design search
-    needs, and skeleton), no extra seeds, precision or published-path runs; one torch thread per run,
-    so a run's numbers do not depend on how many cores it was given."""
+    and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
+    published-path or confirmation runs; one torch thread per run, so a run's numbers do not
+    depend on how many cores it was given."""
     variants = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["variants"]
     return {"overrides": {"variants": {k: variants[k] for k in ("skeleton", "under_5k")},
-                          "seeds.variants": [], "seeds.extra": [], "precision.variant": "skeleton",
+                          "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
+                          "confirmation.seeds": [], "precision.variant": "skeleton",
                           "precision.seeds": [], "published_path.variants": [], "benchmark.variant": "skeleton",
                           "benchmark.repeats": 1, "train.cpu_threads": 1}}
 
 
-# compare and report read these folders; with no published-path or precision stage nothing writes them.
-EMPTY_INPUTS = ("metrics/published_path", "metrics/precision")
+# compare and report read these folders; with no published-path, confirmation or precision stage
+# nothing writes them.
+EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision")
 TRAINING = ("train@skeleton", "train@under_5k")
 
 
