@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Params
-from .run_files import RUN_KEYS, checked, read_input, seed_file, seed_stage
+from .run_files import RUN_KEYS, checked, read_input, seed_file
 
 
 def read_precision_runs(params: Params, precision_dir: str | Path, runs_dir: str | Path) -> list[dict]:
@@ -24,7 +24,7 @@ def read_precision_runs(params: Params, precision_dir: str | Path, runs_dir: str
         mixed = checked(read_input(mixed_path, how), mixed_path, RUN_KEYS,
                         {"variant": cfg.variant, "seed": seed, "mixed_precision": cfg.mixed_precision}, how)
         fp32_path = seed_file(runs_dir, cfg.variant, seed)
-        how = (f"run `dvc repro {seed_stage(params, cfg.variant, seed)}` (seed {seed} must be one of "
+        how = (f"run `dvc repro {params.stage_of(cfg.variant, seed)}` (seed {seed} must be one of "
                f"{cfg.variant}'s seeds in params.yaml)")
         fp32 = checked(read_input(fp32_path, how), fp32_path, RUN_KEYS,
                        {"variant": cfg.variant, "seed": seed, "mixed_precision": "no"}, how)

@@ -53,11 +53,6 @@ def read_input(path: str | Path, how_to_make: str):
         raise InputFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); {how_to_make}") from None
 
 
-def seed_stage(params: Params, name: str, seed: int) -> str:
-    """The DVC stage that writes variant `name`'s run of `seed` (dvc.yaml's names, kept in config)."""
-    return params.stage_of(name, seed)
-
-
 def seed_file(root: str | Path, name: str, seed: int) -> Path:
     return Path(root) / name / f"seed_{seed}.json"
 
@@ -89,7 +84,7 @@ def not_run_note(params: Params, runs_dir: str | Path, name: str) -> str:
     extras = [s for s in params.seeds_of(name)[1:] if seed_file(runs_dir, name, s).is_file()]
     # Extra seeds alone would be compared as if one of them were the main run: say why they are unused.
     ignored = f"; extra seeds {', '.join(map(str, extras))} present, ignored until it exists" if extras else ""
-    return f"not run yet ({path} missing{ignored}): dvc repro {seed_stage(params, name, params.train.seed)}"
+    return f"not run yet ({path} missing{ignored}): dvc repro {params.stage_of(name, params.train.seed)}"
 
 
 def read_runs(params: Params, runs_dir: str | Path) -> dict:
@@ -102,7 +97,7 @@ def read_runs(params: Params, runs_dir: str | Path) -> dict:
             continue
         for seed in params.seeds_of(name):
             path = seed_file(runs_dir, name, seed)
-            how = f"run `dvc repro {seed_stage(params, name, seed)}`"
+            how = f"run `dvc repro {params.stage_of(name, seed)}`"
             runs[name].append(checked(read_input(path, how), path, RUN_KEYS, {"variant": name, "seed": seed}, how))
         shapes = {(r["epochs"], r["train_images"], r["test_images"], r.get("evaluated_on", "test")) for r in runs[name]}
         if len(shapes) > 1:
@@ -119,7 +114,7 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
         histories[name] = []
         for run in variant_runs:
             path = seed_file(history_dir, name, run["seed"])
-            how = f"run `dvc repro {seed_stage(params, name, run['seed'])}`"
+            how = f"run `dvc repro {params.stage_of(name, run['seed'])}`"
             histories[name].append(read_history(path, run["epochs"], "its run file", how))
     return histories
 

@@ -8,7 +8,7 @@ from ..config import Params, VariantConfig, load_params
 from ..precision import read_precision_runs
 from ..reference import Reference, load_reference
 from ..run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
-                         read_searches, read_test_set_uses, seed_stage)
+                         read_searches, read_test_set_uses)
 from ..table import read_table
 
 
@@ -42,7 +42,7 @@ class ReportInputs:
 
     def how_to_run(self, name: str) -> str:
         """What a table shows in place of a variant's numbers while it is not run."""
-        return f"not run yet: `dvc repro {seed_stage(self.params, name, self.params.train.seed)}`"
+        return f"not run yet: `dvc repro {self.params.stage_of(name, self.params.train.seed)}`"
 
 
 def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,

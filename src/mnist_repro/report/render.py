@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..markdown import link
-from ..run_files import seed_stage
 from .confirmation import confirmation_section
 from .epochs import gap_section, outside_section
 from .inputs import ReportInputs
@@ -23,7 +22,7 @@ def intro(inputs: ReportInputs, src: dict) -> list[str]:
              f"the run files in {src['runs']}. No number here is typed by hand.", ""]
     if inputs.not_run:
         lines += [f"**{len(inputs.not_run)} of {len(inputs.runs)} variants not run yet**: "
-                  + ", ".join(f"`{n}` (`dvc repro {seed_stage(inputs.params, n, inputs.params.train.seed)}`)"
+                  + ", ".join(f"`{n}` (`dvc repro {inputs.params.stage_of(n, inputs.params.train.seed)}`)"
                               for n in inputs.not_run)
                   + ". Every table lists them as not run, with their published numbers; totals count only the "
                   "runs that exist.", ""]
