@@ -33,10 +33,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from mnist_repro.config import load_params  # noqa: E402
 from mnist_repro.data import download_mnist  # noqa: E402
+from mnist_repro.reference import load_reference  # noqa: E402
 from mnist_repro.slots import Slot, allowed_cores, host_slots  # noqa: E402
 
-SMALL = ("skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation", "lr_scheduler")
+
+def small_variants() -> list[str]:
+    """The published steps that train the main seed group: every step but the slow basic_setup."""
+    published = load_reference(REPO / "reference" / "published.json").runs
+    return [v for v in load_params(REPO / "params.yaml").seeds.variants if v in published]
 
 
 def quick_params(dest: Path, train_limit: int, test_limit: int, epochs: int) -> Path:
@@ -86,7 +92,7 @@ def pinned(group, slots, params, data, work, env) -> tuple[float, list]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(SMALL))
+    parser.add_argument("--variants", nargs="+", default=small_variants())
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--train-limit", type=int, default=20000)  # images per epoch (of 60,000): training
     parser.add_argument("--test-limit", type=int, default=5000)    # test images (of 10,000)   outweighs startup
