@@ -317,11 +317,19 @@ PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/"
 # not by a stage), which the report stage depends on.
 PIPELINE_INPUTS = ("metrics/search/",)
 GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main")
-# The quick pipeline: every stage runs, each on a slice (benchmark.steps 0 = one epoch of the slice),
-# every kind of training stage once or twice rather than params.yaml's 60-odd runs.
-QUICK_PIPELINE = {"seeds.variants": ["lr_scheduler"], "seeds.extra": [2], "seeds.slow.extra": [2],
-                  "published_path.seeds": [1], "confirmation.seeds": [101], "precision.seeds": [1],
-                  "benchmark.repeats": 1}
+# The quick pipeline: every kind of stage runs once or twice, each on a slice (benchmark.steps 0 =
+# one epoch of the slice), rather than params.yaml's 100-odd runs. Three variants: lr_scheduler,
+# which the README's try-a-change changes (so that change reruns its two runs, the table and the
+# report only); skeleton, which holds every other group's one run; under_5k, which the committed
+# design search and the confirmation name.
+QUICK_VARIANTS = ("skeleton", "lr_scheduler", "under_5k")
+QUICK_PIPELINE = {"variants": {k: v for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["variants"].items()
+                               if k in QUICK_VARIANTS},
+                  "seeds.variants": ["lr_scheduler"], "seeds.extra": [2],
+                  "seeds.slow": {"variants": ["skeleton"], "extra": [2]},
+                  "published_path.variants": ["skeleton"], "published_path.seeds": [1],
+                  "confirmation.seeds": [101], "precision.variant": "skeleton", "precision.seeds": [1],
+                  "benchmark.variant": "skeleton", "benchmark.repeats": 1}
 PIPELINE_TIMEOUT_S = 1800
 DVC = (sys.executable, "-m", "dvc")
 

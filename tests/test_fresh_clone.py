@@ -1,16 +1,18 @@
-"""A fresh clone, as a new user has it (git only: no DVC cache, no remote, no data), of a tiny copy
-of the project whose whole pipeline ran and was committed (tests/tiny_project.py):
+"""A fresh clone, as a new user has it (git only: no DVC cache, no remote, no data), of conftest's
+finished_pipeline (a slice of the project whose whole pipeline ran and was committed):
 
-- docs/pipeline.md's commands: an unchanged clone reruns nothing; "try a change" reruns exactly
-  the stages the change touches plus the table and report, and the experiment's table is its own;
-  the `dvc exp show` command fits 200 columns.
-- No failure, interrupt or typo deletes or changes a committed file: a stage run before its
-  inputs exist, a params typo, a SIGINT during training (`git status` clean after each).
+- The README's and docs/pipeline.md's commands: an unchanged clone reruns nothing; "try a change"
+  is an experiment that reruns exactly the stages the change touches plus the table and report,
+  whose table is made from its own runs, and `--temp` leaves the workspace as it was; the
+  `dvc exp show` command fits 200 columns.
+- No failure, interrupt or bad params deletes or changes a committed file: a stage run before its
+  inputs exist, a typo'd key or out-of-range value (`-S` or by hand), a SIGINT during training.
 - An interrupted `dvc exp run` resumes when rerun the same way (DVC's experiment executor checks
   out a stage's cached outputs before it runs, so resume state must not be one)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,21 +23,26 @@ import time
 
 import pytest
 import yaml
-from conftest import DVC, REPO, project_env, sh, tree_digests
-from tiny_project import fresh_clone, make_origin, porcelain, ran
+from conftest import DVC, GIT, REPO, experiments, project_env, sh, tree_digests
 
 from mnist_repro.config import load_params
 
 pytestmark = pytest.mark.slow
 DOCS = REPO / "docs" / "pipeline.md"
 WIDTH = 200
+TRY_COMMAND = "dvc exp run --temp --allow-missing -S"   # README's and docs/pipeline.md's try-a-change
+RUNNING = re.compile(r"^Running stage '([^']+)':", re.M)
+
+
+def command_in(path, prefix: str) -> list[str]:
+    """The one line of path's text that starts with prefix, as argv (a trailing # comment dropped)."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip().startswith(prefix)]
+    assert len(lines) == 1, f"{path.name} should hold one line starting `{prefix}`, found {len(lines)}"
+    return shlex.split(lines[0], comments=True)
 
 
 def docs_command(prefix: str) -> list[str]:
-    """The one line of docs/pipeline.md's code that starts with prefix, as argv (# comment dropped)."""
-    lines = [line.strip() for line in DOCS.read_text().splitlines() if line.strip().startswith(prefix)]
-    assert len(lines) == 1, f"docs/pipeline.md should hold one line starting `{prefix}`, found {len(lines)}"
-    return shlex.split(lines[0], comments=True)
+    return command_in(DOCS, prefix)
 
 
 def dvc(argv: list[str]) -> list[str]:
@@ -43,20 +50,23 @@ def dvc(argv: list[str]) -> list[str]:
     return [*DVC, *argv[1:]]
 
 
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory, cpu_env):
-    work = tmp_path_factory.mktemp("origin") / "project"
-    work.mkdir()
-    env = project_env(work, {**cpu_env, "OMP_NUM_THREADS": "1"})
-    make_origin(work, env, REPO)
-    return work, env
+def ran(stdout: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` printed as running, in order."""
+    return RUNNING.findall(stdout)
+
+
+def porcelain(root, env: dict) -> str:
+    return sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
 
 
 @pytest.fixture
-def clone(origin, tmp_path):
-    """A fresh `git clone` of the tiny project and the environment its stages run in."""
-    work, env = origin
-    dest = fresh_clone(work, tmp_path / "clone", env)
+def clone(finished_pipeline, tmp_path):
+    """A fresh `git clone` of the finished pipeline (committed files only, no DVC cache, no remote)
+    and the environment its stages run in."""
+    dest = tmp_path / "clone"
+    env = {**finished_pipeline["env"], "OMP_NUM_THREADS": "1"}
+    subprocess.run([*GIT, "clone", "-q", str(finished_pipeline["work"]), str(dest)], check=True, env=env,
+                   capture_output=True)
     return dest, project_env(dest, env)
 
 
@@ -71,6 +81,12 @@ def committed(root) -> dict:
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
     digests = tree_digests(root)
     return {rel: digests.get(rel) for rel in tracked.splitlines()}
+
+
+def changed_since(before: dict, root) -> set:
+    """The committed files whose content differs from `before` (a committed() of root)."""
+    now = committed(root)
+    return {rel for rel in before.keys() | now.keys() if before.get(rel) != now.get(rel)}
 
 
 def test_an_unchanged_clone_reruns_nothing(clone):
@@ -102,37 +118,68 @@ def without_nulls(value):
     return value
 
 
-def new_experiment(root, env, known=()) -> dict:
-    shown = json.loads(sh([*DVC, "exp", "show", "--json"], root, env).stdout)
-    exps = [e for base in shown for e in (base.get("experiments") or []) if e["name"] not in known]
-    assert len(exps) == 1, [e["name"] for e in exps]
-    return exps[0]
+def set_values(argv: list[str]) -> dict:
+    """{dotted key: value} of the command's `-S key=value` options, values read as YAML."""
+    pairs = [argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a in ("-S", "--set-param")]
+    return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def test_try_a_change_reruns_what_it_touches_and_its_table_is_its_own(clone):
+def test_try_a_change_is_an_experiment_of_its_own_runs_and_leaves_the_workspace(clone):
+    """The README's try-a-change (docs/pipeline.md shows the same line) reruns exactly the runs its
+    -S touches, then the table and the report, so the experiment's table row is made from the
+    experiment's own runs; --temp leaves the workspace and `dvc status` as they were."""
     root, env = clone
+    argv = dvc(command_in(root / "README.md", TRY_COMMAND))
+    for prefix in (TRY_COMMAND, "dvc exp show"):
+        assert command_in(root / "README.md", prefix) == docs_command(prefix), \
+            f"README.md and docs/pipeline.md show different `{prefix}` lines"
     get_data(root, env)
-    argv = dvc(docs_command("dvc exp run --allow-missing -S"))
-    (key, value), = [a.split("=", 1) for a in argv if a.startswith("variants.")]
-    variant = key.split(".")[1]
+    (key, value), = set_values(argv).items()
+    variant, field = key.split(".")[1:]
+    params = load_params(root / "params.yaml")
+    status, before, known = sh([*DVC, "status"], root, env).stdout, tree_digests(root), set(experiments(root, env))
+
     proc = sh(argv, root, env, timeout=900)
 
-    assert set(ran(proc.stdout)) == touched_by(load_params(root / "params.yaml"), variant)
-    assert yaml.safe_load(value) == getattr(load_params(root / "params.yaml").variant(variant), key.split(".")[2])
-    # The experiment's table is the one its own runs give: compare ran on them, nothing is stale,
-    # and `dvc exp show` reports the table files now in the workspace.
-    assert "compare" in ran(proc.stdout)
-    assert ran(sh([*DVC, "repro", "--allow-missing", "--dry"], root, env).stdout) == []
-    exp = new_experiment(root, env)
-    shown = exp["revs"][0]["data"]["metrics"]
-    assert shown and all(without_nulls(json.loads((root / path).read_text())) == m["data"] for path, m in shown.items())
-    assert any(variant in path for path in shown)
+    assert set(ran(proc.stdout)) == touched_by(params, variant)
+    assert tree_digests(root) == before and sh([*DVC, "status"], root, env).stdout == status
+    new = {name: rev for name, rev in experiments(root, env).items() if name not in known}
+    assert len(new) == 1, f"expected one new experiment in dvc exp show, got {sorted(new)}"
+    (name, rev), = new.items()
+    assert not rev.get("error"), rev["error"]
+    assert rev["data"]["params"]["params.yaml"]["data"]["variants"][variant][field] == value
 
-    # docs/pipeline.md's `dvc exp show` fits a 200-column terminal without cutting a cell.
-    show = sh(dvc(docs_command("dvc exp show")), root, {**env, "COLUMNS": str(WIDTH)}).stdout
-    lines = show.splitlines()
-    assert max(map(len, lines)) <= WIDTH and "…" not in show, show
-    assert exp["name"] in show and value in show, show
+    # Every run of the changed variant was retrained with the set value: the experiment's dvc.lock
+    # records the run's stage with it and with the files the experiment holds, and the run's
+    # history (per-epoch values as computed, e.g. the schedule's lr) differs from the baseline's.
+    # Its summary may not: at this size (1 epoch, 2 steps) its rounded numbers can coincide.
+    # The experiment's table row is the mean of those runs.
+    text = lambda path: sh(["git", "show", f"{rev['rev']}:{path}"], root, env).stdout  # noqa: E731
+    show = lambda path: json.loads(text(path))  # noqa: E731
+    lock = yaml.safe_load(text("dvc.lock"))["stages"]
+    seeds = params.seeds_of(variant)
+    for seed in seeds:
+        entry = lock[params.stage_of(variant, seed)]
+        assert entry["params"]["params.yaml"][f"variants.{variant}"][field] == value, f"seed {seed}: {entry}"
+        outs = {out["path"]: out["md5"] for out in entry["outs"]}
+        for kind in ("runs", "history"):
+            rel = f"metrics/{kind}/{variant}/seed_{seed}.json"
+            assert hashlib.md5(text(rel).encode()).hexdigest() == outs[rel], f"{rel} is not the run dvc.lock records"
+        history = f"metrics/history/{variant}/seed_{seed}.json"
+        assert show(history) != json.loads((root / history).read_text()), f"seed {seed} was not retrained"
+    runs = [show(f"metrics/runs/{variant}/seed_{s}.json") for s in seeds]
+    row_path = next((root / "metrics" / "table").glob(f"*_{variant}.json")).relative_to(root).as_posix()
+    row = show(row_path)
+    assert row["n"] == len(runs) and row["best"]["mean"] == round(sum(r["best_test_acc"] for r in runs) / len(runs), 2)
+
+    # `dvc exp show` reports the experiment's table files, and docs/pipeline.md's line fits a
+    # 200-column terminal without cutting a cell.
+    shown = rev["data"]["metrics"]
+    assert shown and all(without_nulls(show(path)) == m["data"] for path, m in shown.items())
+    assert row_path in shown
+    out = sh(dvc(docs_command("dvc exp show")), root, {**env, "COLUMNS": str(WIDTH)}).stdout
+    assert max(map(len, out.splitlines())) <= WIDTH and "…" not in out, out
+    assert name in out and str(value) in out, out
 
 
 def test_the_quick_try_reruns_one_run_the_table_and_the_report(clone):
@@ -152,21 +199,30 @@ def test_a_stage_run_before_its_inputs_exist_changes_no_committed_file(clone):
     assert porcelain(root, env) == "" and committed(root) == before
 
 
-def test_a_params_typo_stops_before_any_stage_and_changes_no_committed_file(clone):
+# A typo'd key (README's --temp form) and an out-of-range value (in the workspace), each with what
+# its error must name.
+BAD_OVERRIDES = ((["--temp"], "+train.epoch=3", re.compile(r"\btrain\.epoch: unknown key")),
+                 ([], "train.epochs=0", re.compile(r"\btrain\.epochs\b.*\b0\b")))
+
+
+def test_bad_params_stop_in_check_params_and_change_no_committed_file(clone):
     root, env = clone
     get_data(root, env)
-    before = committed(root)
-    proc = sh([*DVC, "exp", "run", "--temp", "-S", "+train.epoch=3"], root, env, check=False)
-    assert proc.returncode != 0 and ran(proc.stdout) == ["check_params"]
-    assert "train.epoch: unknown key" in proc.stdout + proc.stderr
-    assert porcelain(root, env) == "" and committed(root) == before
+    before, data = committed(root), tree_digests(root, "data/MNIST")
+    for temp, override, names_key in BAD_OVERRIDES:
+        what = f"dvc exp run {' '.join(temp)} -S {override}"
+        proc = sh([*DVC, "exp", "run", *temp, "-S", override], root, env, check=False)
+        assert proc.returncode != 0 and ran(proc.stdout) == ["check_params"], f"{what}:\n{proc.stdout[-3000:]}"
+        assert names_key.search(proc.stdout + proc.stderr), f"{what}: the error does not name the key"
+        # Without --temp the -S stays in params.yaml, as DVC leaves it; nothing else changes.
+        assert porcelain(root, env) == ("" if temp else " M params.yaml\n"), what
+        assert changed_since(before, root) <= (set() if temp else {"params.yaml"}) and tree_digests(root, "data/MNIST") == data
+        sh(["git", "checkout", "--", "params.yaml"], root, env)
     params = root / "params.yaml"
     params.write_text(params.read_text().replace("  epochs:", "  epoch:", 1))  # by hand this time
     proc = sh([*DVC, "repro"], root, env, check=False)
     assert proc.returncode != 0 and ran(proc.stdout) == ["check_params"]
-    assert porcelain(root, env) == " M params.yaml\n"
-    assert {k: v for k, v in committed(root).items() if k != "params.yaml"} == \
-        {k: v for k, v in before.items() if k != "params.yaml"}
+    assert porcelain(root, env) == " M params.yaml\n" and changed_since(before, root) == {"params.yaml"}
 
 
 def start(argv, root, env, log):
@@ -196,17 +252,17 @@ def test_an_interrupted_exp_run_changes_no_result_and_resumes_when_rerun(clone, 
     root, env = clone
     get_data(root, env)
     before = committed(root)
-    argv = [*DVC, "exp", "run", "train@lr_scheduler", "-S", "train.epochs=4", "-S", "train.train_limit=4096"]
+    argv = [*DVC, "exp", "run", "train@lr_scheduler", "-S", "train.epochs=3", "-S", "train.train_limit=2048"]
     manifest = root / "checkpoints" / "lr_scheduler" / "node-0" / "run.json"
     log = tmp_path / "first.log"
     proc = start(argv, root, env, log)
     interrupt_after_a_saved_epoch(proc, manifest, log)
     assert proc.returncode != 0, log.read_text()[-3000:]
-    changed = sorted(rel for rel in before.keys() | committed(root).keys() if before.get(rel) != committed(root).get(rel))
+    changed = sorted(changed_since(before, root))
     # params.yaml holds the user's -S; dvc.lock the check_params stage that ran on it; no result changed.
     assert set(changed) <= {"params.yaml", "dvc.lock"}, changed
     saved = json.loads(manifest.read_text())["state"]
 
     again = sh(argv, root, env, timeout=900)
-    assert re.search(r"lr_scheduler: resuming after epoch [1-3] ", again.stdout), again.stdout[-3000:]
+    assert re.search(r"lr_scheduler: resuming after epoch [12] ", again.stdout), again.stdout[-3000:]
     assert ran(again.stdout)[0] == "train@lr_scheduler" and saved
