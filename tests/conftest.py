@@ -150,6 +150,12 @@ def mnist_root(tmp_path_factory, mnist_mirror) -> Path:
     return root
 
 
+def repo_variants(names) -> dict:
+    """params.yaml's `variants:` entries named in `names`, in params.yaml's order."""
+    variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+    return {name: entry for name, entry in variants.items() if name in names}
+
+
 def write_quick_params(dest: Path, *, epochs: int = 1, train_limit: int = 256, test_limit: int = 200,
                        overrides: dict | None = None) -> Path:
     """The repo's params.yaml with a quick train section; `overrides` maps dotted keys to values."""
@@ -255,15 +261,15 @@ def make_results_project(committed_results, mnist_root):
     _, labels = load_split(mnist_root, train=False)
 
     def make(dest: Path) -> Path:
-        variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
         ours, rerun = _seeds(committed_results, "metrics/runs"), _seeds(committed_results, "metrics/published_path/runs")
         extra = {v: [s for s in seeds if s != 1] for v, seeds in ours.items() if seeds != [1]}
         (seeded, extra_seeds), = extra.items()  # one variant has extra seeds: lr_scheduler
         # the variants those runs are of, in params.yaml's order (later ones, such as under_5k, postdate them)
-        kept = [name for name in variants if name in ours]
+        variants = repo_variants(ours)
+        kept = list(variants)
         (pp_seeds,) = {tuple(seeds) for seeds in rerun.values()}  # one set of seeds for the published path
         write_quick_params(dest, epochs=15, train_limit=0, test_limit=0, overrides={
-            "variants": {name: variants[name] for name in kept},
+            "variants": variants,
             # exactly the seeds committed: one group, no slow group (basic_setup has seed 1 only)
             "seeds.variants": [seeded], "seeds.extra": extra_seeds, "seeds.slow": {"variants": [], "extra": []},
             "published_path.variants": list(rerun), "published_path.seeds": list(pp_seeds),
@@ -323,8 +329,7 @@ GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c",
 # report only); skeleton, which holds every other group's one run; under_5k, which the committed
 # design search and the confirmation name.
 QUICK_VARIANTS = ("skeleton", "lr_scheduler", "under_5k")
-QUICK_PIPELINE = {"variants": {k: v for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["variants"].items()
-                               if k in QUICK_VARIANTS},
+QUICK_PIPELINE = {"variants": repo_variants(QUICK_VARIANTS),
                   "seeds.variants": ["lr_scheduler"], "seeds.extra": [2],
                   "seeds.slow": {"variants": ["skeleton"], "extra": [2]},
                   "published_path.variants": ["skeleton"], "published_path.seeds": [1],
@@ -345,6 +350,11 @@ def sh(cmd, cwd, env, timeout=300, check=True):
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode} in {cwd}\n"
                     f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def porcelain(root: Path, env: dict) -> str:
+    """`git status --porcelain --untracked-files=all` of root: "" when the checkout is clean."""
+    return sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
 
 
 def git_commit(root: Path, env: dict, message: str) -> None:
@@ -426,9 +436,9 @@ def finished_pipeline(tmp_path_factory, cpu_env) -> dict:
     before = tree_digests(work)
     repro = sh([*DVC, "repro"], work, env, timeout=PIPELINE_TIMEOUT_S)
     after = tree_digests(work)
-    porcelain = sh(["git", "status", "--porcelain", "--untracked-files=all"], work, env).stdout
+    status = porcelain(work, env)
     git_commit(work, env, "dvc repro on a slice")
-    return dict(work=work, env=env, repro=repro, before=before, after=after, porcelain=porcelain)
+    return dict(work=work, env=env, repro=repro, before=before, after=after, porcelain=status)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import time
 
 import pytest
 import yaml
-from conftest import DVC, GIT, REPO, experiments, project_env, sh, tree_digests
+from conftest import DVC, GIT, REPO, experiments, porcelain, project_env, sh, tree_digests
 
 from mnist_repro.config import load_params
 
@@ -53,10 +53,6 @@ def dvc(argv: list[str]) -> list[str]:
 def ran(stdout: str) -> list[str]:
     """The stages a `dvc repro` / `dvc exp run` printed as running, in order."""
     return RUNNING.findall(stdout)
-
-
-def porcelain(root, env: dict) -> str:
-    return sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import DVC, GIT, git_commit, init_project, project_env, sh, without_timing
+from conftest import DVC, GIT, git_commit, init_project, project_env, repo_variants, sh, without_timing
 
 from mnist_repro.slots import Slot, SlotError, SlotPool, core_ranges, host_slots
 
@@ -235,8 +235,7 @@ def matrix_params() -> dict:
     and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
     published-path or confirmation runs; one torch thread per run, so a run's numbers do not
     depend on how many cores it was given."""
-    variants = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["variants"]
-    return {"overrides": {"variants": {k: variants[k] for k in ("skeleton", "under_5k")},
+    return {"overrides": {"variants": repo_variants(("skeleton", "under_5k")),
                           "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
                           "confirmation.seeds": [], "precision.variant": "skeleton",
                           "precision.seeds": [], "published_path.variants": [], "benchmark.variant": "skeleton",
