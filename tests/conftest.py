@@ -322,7 +322,10 @@ PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/"
 # ... except the committed inputs kept there: design-search records (made from DVC experiments,
 # not by a stage), which the report stage depends on.
 PIPELINE_INPUTS = ("metrics/search/",)
-GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main")
+# A committer for the projects tests make: `dvc exp run` commits, and a fresh machine (CI) has no
+# global git identity. GIT carries it per command; set_identity writes it into a project.
+IDENTITY = {"user.name": "test", "user.email": "test@example.com"}
+GIT = ("git", *(a for k, v in IDENTITY.items() for a in ("-c", f"{k}={v}")), "-c", "init.defaultBranch=main")
 # The quick pipeline: every kind of stage runs once or twice, each on a slice (benchmark.steps 0 =
 # one epoch of the slice), rather than params.yaml's 100-odd runs. Three variants: lr_scheduler,
 # which the README's try-a-change changes (so that change reruns its two runs, the table and the
@@ -357,6 +360,12 @@ def porcelain(root: Path, env: dict) -> str:
     return sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
 
 
+def set_identity(root: Path, env: dict) -> None:
+    """Write IDENTITY into root's own git config, for the commands (dvc exp run) that commit there."""
+    for key, value in IDENTITY.items():
+        sh(["git", "config", key, value], root, env)
+
+
 def git_commit(root: Path, env: dict, message: str) -> None:
     sh([*GIT, "add", "-A"], root, env)
     sh([*GIT, "commit", "-q", "--allow-empty", "-m", message], root, env)
@@ -379,6 +388,7 @@ def init_project(dest: Path, env: dict, *, params: dict | None = None, exclude: 
     if params is not None:
         write_quick_params(dest, **params)
     sh([*GIT, "init", "-q"], dest, env)
+    set_identity(dest, env)
     git_commit(dest, env, "project copy under test")
     return dest
 

@@ -23,7 +23,7 @@ import time
 
 import pytest
 import yaml
-from conftest import DVC, GIT, REPO, experiments, porcelain, project_env, sh, tree_digests
+from conftest import DVC, GIT, REPO, experiments, porcelain, project_env, set_identity, sh, tree_digests
 
 from mnist_repro.config import load_params
 
@@ -63,6 +63,7 @@ def clone(finished_pipeline, tmp_path):
     env = {**finished_pipeline["env"], "OMP_NUM_THREADS": "1"}
     subprocess.run([*GIT, "clone", "-q", str(finished_pipeline["work"]), str(dest)], check=True, env=env,
                    capture_output=True)
+    set_identity(dest, env)
     return dest, project_env(dest, env)
 
 
