@@ -283,3 +283,14 @@ def test_the_readme_table_is_dvc_metrics_show(repo_root):
         "README.md's table differs from `dvc metrics show --md`: paste its output between the markers")
     lines = shown.splitlines()
     assert max(map(len, lines)) <= 200 and len(lines[0].strip("|").split("|")) <= 20
+
+
+def test_the_committed_lock_records_only_the_pipelines_stages(repo_root):
+    """dvc.lock is the provenance of every committed result: an entry of a stage dvc.yaml no longer
+    defines (DVC keeps it when a stage is renamed or removed) would record a run no command makes."""
+    pytest.importorskip("dvc", reason="dvc is not installed, so `dvc stage list` cannot run")
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all", "--name-only"], cwd=repo_root,
+                            check=True, capture_output=True, text=True,
+                            env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
+    locked = yaml.safe_load((repo_root / "dvc.lock").read_text())["stages"]
+    assert sorted(set(locked) - set(listed)) == [], "dvc.lock records stages dvc.yaml does not define: remove them"
