@@ -322,10 +322,9 @@ PIPELINE_OUTPUTS = ("data/", "models/", "checkpoints/", "metrics/", "dvc_plots/"
 # ... except the committed inputs kept there: design-search records (made from DVC experiments,
 # not by a stage), which the report stage depends on.
 PIPELINE_INPUTS = ("metrics/search/",)
-# A committer for the projects tests make: `dvc exp run` commits, and a fresh machine (CI) has no
-# global git identity. GIT carries it per command; set_identity writes it into a project.
+# A committer for the repositories tests make (git_commit and `dvc exp run` commit there): a fresh
+# machine (CI) has no global git identity, so git_init and git_clone write this one into each.
 IDENTITY = {"user.name": "test", "user.email": "test@example.com"}
-GIT = ("git", *(a for k, v in IDENTITY.items() for a in ("-c", f"{k}={v}")), "-c", "init.defaultBranch=main")
 # The quick pipeline: every kind of stage runs once or twice, each on a slice (benchmark.steps 0 =
 # one epoch of the slice), rather than params.yaml's 100-odd runs. Three variants: lr_scheduler,
 # which the README's try-a-change changes (so that change reruns its two runs, the table and the
@@ -360,15 +359,26 @@ def porcelain(root: Path, env: dict) -> str:
     return sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
 
 
-def set_identity(root: Path, env: dict) -> None:
-    """Write IDENTITY into root's own git config, for the commands (dvc exp run) that commit there."""
+def _set_identity(root: Path, env: dict) -> None:
     for key, value in IDENTITY.items():
         sh(["git", "config", key, value], root, env)
 
 
+def git_init(root: Path, env: dict) -> None:
+    """A git repository at root, on branch main, with IDENTITY in its own config."""
+    sh(["git", "init", "-q", "-b", "main"], root, env)
+    _set_identity(root, env)
+
+
+def git_clone(source: Path, dest: Path, env: dict) -> None:
+    """`git clone` of source at dest, with IDENTITY in the clone's own config."""
+    sh(["git", "clone", "-q", source, dest], dest.parent, env)
+    _set_identity(dest, env)
+
+
 def git_commit(root: Path, env: dict, message: str) -> None:
-    sh([*GIT, "add", "-A"], root, env)
-    sh([*GIT, "commit", "-q", "--allow-empty", "-m", message], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-q", "--allow-empty", "-m", message], root, env)
 
 
 def init_project(dest: Path, env: dict, *, params: dict | None = None, exclude: tuple = ()) -> Path:
@@ -387,8 +397,7 @@ def init_project(dest: Path, env: dict, *, params: dict | None = None, exclude: 
             shutil.copy2(REPO / rel, dest / rel)
     if params is not None:
         write_quick_params(dest, **params)
-    sh([*GIT, "init", "-q"], dest, env)
-    set_identity(dest, env)
+    git_init(dest, env)
     git_commit(dest, env, "project copy under test")
     return dest
 

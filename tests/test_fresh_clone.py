@@ -23,7 +23,7 @@ import time
 
 import pytest
 import yaml
-from conftest import DVC, GIT, REPO, experiments, porcelain, project_env, set_identity, sh, tree_digests
+from conftest import DVC, REPO, experiments, git_clone, porcelain, project_env, sh, tree_digests
 
 from mnist_repro.config import load_params
 
@@ -61,9 +61,7 @@ def clone(finished_pipeline, tmp_path):
     and the environment its stages run in."""
     dest = tmp_path / "clone"
     env = {**finished_pipeline["env"], "OMP_NUM_THREADS": "1"}
-    subprocess.run([*GIT, "clone", "-q", str(finished_pipeline["work"]), str(dest)], check=True, env=env,
-                   capture_output=True)
-    set_identity(dest, env)
+    git_clone(finished_pipeline["work"], dest, env)
     return dest, project_env(dest, env)
 
 

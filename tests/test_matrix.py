@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import DVC, GIT, git_commit, init_project, project_env, repo_variants, sh, without_timing
+from conftest import DVC, git_commit, git_init, init_project, project_env, repo_variants, sh, without_timing
 
 from mnist_repro.slots import Slot, SlotError, SlotPool, core_ranges, host_slots
 
@@ -126,7 +126,7 @@ def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -
                           "outs": [{"seen/benchmark.json": {"cache": False}}]}} if benchmark else {}),
         "gather": {"cmd": "cat seen/*.json > all.txt", "deps": ["seen"], "outs": ["all.txt"]}}}))
     (root / "seen").mkdir()
-    sh([*GIT, "init", "-q"], root, env)
+    git_init(root, env)
     sh([*DVC, "init", "-q"], root, env)
     git_commit(root, env, "tiny project")
     return root
@@ -322,7 +322,7 @@ def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tm
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "plain": {"foreach": ["p"], "do": stage(False)}, "resumable": {"foreach": ["r"], "do": stage(True)}}}))
     (root / "in.txt").write_text("1\n")
-    sh([*GIT, "init", "-q"], root, tiny_env)
+    git_init(root, tiny_env)
     sh([*DVC, "init", "-q"], root, tiny_env)
     for value in ("1", "2"):
         (root / "in.txt").write_text(f"{value}\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DVC, GIT, git_commit, sh
+from conftest import DVC, git_clone, git_commit, sh
 
 pytestmark = pytest.mark.slow  # a finished pipeline, pushed, cloned and pulled
 
@@ -18,7 +18,7 @@ def test_a_clone_pulls_the_results_and_has_nothing_to_rerun(finished_pipeline, c
     git_commit(origin, env, "results on a local DVC remote")
 
     clone = tmp_path / "clone"
-    sh([*GIT, "clone", "-q", origin, clone], tmp_path, env)
+    git_clone(origin, clone, env)
     sh([*DVC, "pull"], clone, env)
     status = json.loads(sh([*DVC, "status", "--json"], clone, env).stdout)
     assert status == {}, f"after dvc pull, dvc status says stages would rerun: {status}"
