@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
+from conftest import DVC, sh
 
 from mnist_repro.config import load_params
 from mnist_repro.errors import InputFileError
@@ -271,14 +271,18 @@ def test_largest_gap_after_epoch_3_on_the_committed_skeleton(committed_results, 
 README_TABLE = ("<!-- table: dvc metrics show --md -->", "<!-- /table -->")
 
 
+def dvc_in(root, *args: str) -> str:
+    """stdout of `dvc <args>` in root (the committed checkout)."""
+    return sh([*DVC, *args], root, {**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout
+
+
 def test_the_readme_table_is_dvc_metrics_show(repo_root):
     """The README shows `dvc metrics show --md` of the committed table, unedited, within 200 columns."""
     pytest.importorskip("dvc", reason="dvc is not installed, so `dvc metrics show --md` cannot run")
     text = (repo_root / "README.md").read_text()
     start, end = README_TABLE
     assert start in text and end in text, f"README.md lacks the lines {start} and {end} around its table"
-    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=repo_root, check=True,
-                           capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.strip()
+    shown = dvc_in(repo_root, "metrics", "show", "--md").strip()
     assert text.split(start, 1)[1].split(end, 1)[0].strip() == shown, (
         "README.md's table differs from `dvc metrics show --md`: paste its output between the markers")
     lines = shown.splitlines()
@@ -289,8 +293,6 @@ def test_the_committed_lock_records_only_the_pipelines_stages(repo_root):
     """dvc.lock is the provenance of every committed result: an entry of a stage dvc.yaml no longer
     defines (DVC keeps it when a stage is renamed or removed) would record a run no command makes."""
     pytest.importorskip("dvc", reason="dvc is not installed, so `dvc stage list` cannot run")
-    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all", "--name-only"], cwd=repo_root,
-                            check=True, capture_output=True, text=True,
-                            env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
+    listed = dvc_in(repo_root, "stage", "list", "--all", "--name-only").split()
     locked = yaml.safe_load((repo_root / "dvc.lock").read_text())["stages"]
     assert sorted(set(locked) - set(listed)) == [], "dvc.lock records stages dvc.yaml does not define: remove them"
