@@ -22,7 +22,7 @@ def main(argv=None) -> None:
                     help="directory holding runs/ and history/ of the confirmation runs (confirm@<seed>)")
     ap.add_argument("--errors", required=True, help="directory holding <variant>.json misclassified test images")
     ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
-    ap.add_argument("--search", help="directory holding <variant>.json design-search records (mnist_repro.search) "
+    ap.add_argument("--search", help="directory holding <variant>.json design-search records (research/search.py) "
                     "and test_set_uses.json (research/test_set_uses.py)")
     ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test images drawn)")
     ap.add_argument("--out", required=True, help="write the markdown report here")

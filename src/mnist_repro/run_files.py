@@ -19,7 +19,7 @@ Layout (directories passed by dvc.yaml):
     <published_path>/history/<variant>/seed_<s>.json    its per-epoch history
     <confirmation>/runs/seed_<s>.json                   the confirmation runs of confirmation.variant
     <errors>/<variant>.json                             the main run's misclassified test images
-    <search>/<variant>.json                             a design search's record (mnist_repro.search)
+    <search>/<variant>.json                             a design search's record (research/search.py)
     <search>/test_set_uses.json                         the earlier test-set uses (research/test_set_uses.py)
 """
 
@@ -198,13 +198,13 @@ SEARCH_KEYS = ("variant", "rule", "candidates", "experiments")
 
 
 def read_searches(params: Params, search_dir: str | Path) -> dict:
-    """variant -> its design search's record (python -m mnist_repro.search), for every
+    """variant -> its design search's record (python research/search.py), for every
     <search>/<variant>.json; a record of a variant params.yaml lacks is an error."""
     searches = {}
     for path in sorted(Path(search_dir).glob("*.json")):
         if path.name == TEST_SET_USES:
             continue
-        how = f"rerun `python -m mnist_repro.search {path.stem} --out {path}`"
+        how = f"rerun `python research/search.py {path.stem} --out {path}`"
         record = checked(read_input(path, how), path, SEARCH_KEYS, {"variant": path.stem}, how)
         if path.stem not in params.variants:
             raise InputFileError(f"{path}: a search for {path.stem!r}, which params.yaml's variants lack; "
