@@ -89,7 +89,7 @@ def metrics_show(table_dir, tmp_path) -> list[str]:
 
 
 def add_published_path(root, seeds, shift, margin):
-    """Published-path reruns of lr_scheduler in the INTERFACES layout: our run files of the same seeds
+    """Published-path reruns of lr_scheduler in the published_path layout (dvc.yaml): our run files of the same seeds
     with data_path "published" and best test moved by shift[seed] (real-shaped, made-up accuracies)."""
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["published_path"].update(seeds=list(seeds), margin=margin)

@@ -147,7 +147,7 @@ def test_run_groups_name_the_bad_key(raw, mutate, expected):
 
 
 def test_run_groups_as_params_fix_them(repo_root):
-    """The values issue 20 fixes before the runs (INTERFACES.md)."""
+    """The registered run groups as params.yaml fixes them (a change to one is a new decision: metrics/provenance.json dates it)."""
     params = load_params(repo_root / "params.yaml")
     assert params.published_path.variants == ("skeleton", "augmentation", "lr_scheduler")
     assert params.published_path.seeds == (1, 2, 3, 4, 5) and params.published_path.margin == 0.15

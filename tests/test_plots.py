@@ -1,5 +1,5 @@
 """`dvc plots show` works offline and lists no variant by hand: dvc.yaml's plots draw from the
-long-form metrics/curves.json (one row per variant and epoch, INTERFACES.md) through templates
+long-form metrics/curves.json (one row per variant and epoch, mnist_repro.report.outputs.curve_rows) through templates
 that colour by the rows' `variant`, and the page inlines Vega instead of loading it from a CDN
 (.dvc/config plots.html_template = .dvc/plots/offline.html)."""
 
@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 
 DVC = (sys.executable, "-m", "dvc")
-# The columns of metrics/curves.json (INTERFACES.md); "variant" and "epoch" are the keys.
+# The columns of metrics/curves.json (mnist_repro.report.outputs.curve_rows); "variant" and "epoch" are the keys.
 CURVE_COLUMNS = {"test_acc", "test_loss", "train_acc", "train_loss", "ours_mean", "ours_min", "ours_max",
                  "published", "published_path"}
 
