@@ -22,8 +22,9 @@ The difference of means (ours − published path) with a Welch confidence interv
 lies inside ±margin; else "different" when the 95% CI excludes 0; else
 "inconclusive".
 
-t-quantiles are computed exactly (Student-t CDF through the regularized incomplete
-beta function, inverted by bisection), so non-integer df work; no scipy.
+Student's t (quantiles, CDF, the noncentral t of the power figures) is scipy.stats';
+Welch's df is scipy.stats.ttest_ind(equal_var=False)'s, and equivalence is two one-sided
+t tests (TOST) on that df.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from scipy import stats as _scipy_stats
+from scipy.optimize import brentq as _brentq
+from scipy.stats import t as _t
+
 GAP_AFTER_EPOCH = 3   # the first epochs are warm-up, where one late start dominates every difference
 CHANCE_ACC = 20.0     # test accuracy (%) below which an epoch has learnt next to nothing (chance is ~10%)
 SWING_EPOCHS = 5      # late epochs whose epoch-to-epoch changes are compared with the interval
 TREND_EPOCHS = 3
 LEVEL = 0.95          # two-sided level of every interval
 MIN_RUNS = 3          # fewer runs of ours: "too few runs", no interval
+POWER = 0.80          # the power at which a verdict's detectable shift is stated
 TOO_FEW = "too few runs"
 VERDICTS = ("consistent", "above", "below")
 EQUIVALENCE = ("equivalent", "different", "inconclusive")
@@ -60,58 +66,18 @@ def seed_summary(runs: list[dict]) -> dict:
             "best_train": describe([r["best_train_acc"] for r in runs])}
 
 
-# --- Student's t, exactly -----------------------------------------------------------------
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1, a - 1
-    c, d = 1.0, 1 - qab * x / qap
-    d = 1 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
-                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
-            d = 1 + num * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1) < 1e-15:
-            return h
-    raise ArithmeticError(f"incomplete beta: no convergence at a={a}, b={b}, x={x}")
-
-
-def incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0 or x >= 1:
-        return 0.0 if x <= 0 else 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _beta_fraction(a, b, x) / a
-    return 1 - front * _beta_fraction(b, a, 1 - x) / b
-
+# --- Student's t, from scipy.stats --------------------------------------------------------
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with df > 0 degrees of freedom (df need not be an integer)."""
-    tail = 0.5 * incomplete_beta(df / 2, 0.5, df / (df + t * t))
-    return 1 - tail if t > 0 else tail
+    return float(_t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The t with t_cdf(t, df) = p, by bisection to machine precision; 0 < p < 1."""
+    """The t with t_cdf(t, df) = p (scipy.stats.t.ppf); 0 < p < 1, df > 0."""
     if not 0 < p < 1 or df <= 0:
         raise ValueError(f"t_quantile: needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        low, high = high, high * 2
-    for _ in range(200):
-        mid = (low + high) / 2
-        if mid in (low, high):
-            break
-        low, high = (mid, high) if t_cdf(mid, df) < p else (low, mid)
-    return (low + high) / 2
+    return float(_t.ppf(p, df))
 
 
 # --- one published run against our seeds ----------------------------------------------------
@@ -158,11 +124,61 @@ def also_contains(interval: Interval, published: dict, own: str) -> list[str]:
     return [name for name, value in published.items() if name != own and interval.contains(value)]
 
 
+def detectable_shift(n: int, sd: float, level: float = LEVEL, power: float = POWER) -> float | None:
+    """The smallest shift δ of the published run from our mean that the verdict detects with
+    probability `power`: a published value drawn from our spread shifted by δ falls outside
+    mean ± t((1 + level)/2, n − 1) · sd · sqrt(1 + 1/n) that often. (published − mean) /
+    (sd · sqrt(1 + 1/n)) is then noncentral t with n − 1 df and noncentrality
+    δ / (σ · sqrt(1 + 1/n)), σ taken as sd (scipy.stats.nct). None below MIN_RUNS runs."""
+    if n < MIN_RUNS:
+        return None
+    if not sd:
+        return 0.0
+    df, scale = n - 1, sd * math.sqrt(1 + 1 / n)
+    crit = t_quantile((1 + level) / 2, df)
+
+    def outside(nc: float) -> float:
+        return float(_scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc)) - power
+
+    high = 1.0
+    while outside(high) < 0:
+        high *= 2
+    return float(_brentq(outside, 0.0, high, xtol=1e-12)) * scale
+
+
+def sign_test(differences: list[float]) -> dict:
+    """Two-sided sign test of differences against 0 (scipy.stats.binomtest, p = 1/2); zeros left out."""
+    above, below = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    n = above + below
+    return {"above": above, "below": below, "n": n,
+            "p": float(_scipy_stats.binomtest(above, n, 0.5).pvalue) if n else 1.0}
+
+
+def pooled_shift(differences: list[float], variances: list[float], level: float = LEVEL) -> dict:
+    """Two pooled estimates of a common shift from per-unit differences: their plain mean with its
+    t interval over the units (scipy.stats.ttest_1samp, n − 1 df), and the inverse-variance
+    weighted mean with its normal interval (weights 1 / variance)."""
+    n = len(differences)
+    mean = sum(differences) / n
+    plain = {"mean": mean, "low": None, "high": None, "p": None}
+    if n > 1:
+        res = _scipy_stats.ttest_1samp(differences, 0.0)
+        ci = res.confidence_interval(level)
+        plain.update(low=float(ci.low), high=float(ci.high), p=float(res.pvalue))
+    weights = [1 / v for v in variances]
+    weighted = sum(w * d for w, d in zip(weights, differences)) / sum(weights)
+    se = 1 / math.sqrt(sum(weights))
+    z = float(_scipy_stats.norm.ppf((1 + level) / 2))
+    return {"n": n, "mean": plain, "weighted": {"mean": weighted, "se": se, "low": weighted - z * se,
+                                                "high": weighted + z * se}}
+
+
 # --- our data path against the published data path ---------------------------------------
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) − mean(b) with Welch's confidence intervals (Welch–Satterthwaite df)."""
+    """mean(a) − mean(b) with its standard error and Welch–Satterthwaite df; its confidence
+    intervals and tests are Student's t on that df (scipy.stats.t)."""
     diff: float
     se: float
     df: float
@@ -171,26 +187,47 @@ class Difference:
         half = t_quantile((1 + level) / 2, self.df) * self.se if self.se else 0.0
         return self.diff - half, self.diff + half
 
+    def p_greater(self, bound: float) -> float:
+        """One-sided p of H0: true difference <= bound (alternative: greater)."""
+        if not self.se:
+            return 0.0 if self.diff > bound else 1.0
+        return float(_t.sf((self.diff - bound) / self.se, self.df))
+
+    def p_less(self, bound: float) -> float:
+        """One-sided p of H0: true difference >= bound (alternative: less)."""
+        if not self.se:
+            return 0.0 if self.diff < bound else 1.0
+        return float(_t.cdf((self.diff - bound) / self.se, self.df))
+
+    def p_value(self) -> float:
+        """Two-sided p of H0: no difference (Welch's t test)."""
+        return min(1.0, 2 * min(self.p_greater(0.0), self.p_less(0.0)))
+
+    def tost(self, margin: float) -> float:
+        """p of the two one-sided tests against ±margin: the larger of the two one-sided p's."""
+        return max(self.p_greater(-margin), self.p_less(margin))
+
     def equivalence(self, margin: float) -> str:
-        """TOST at 5%: "equivalent" when the 90% CI lies within ±margin; else "different"
-        when the 95% CI excludes 0; else "inconclusive"."""
-        low, high = self.ci(1 - 2 * (1 - LEVEL))
-        if -margin < low and high < margin:
+        """TOST at 5% (the same as the 90% CI lying within ±margin): "equivalent"; else "different"
+        when Welch's two-sided test rejects no difference at 5% (the 95% CI excludes 0); else
+        "inconclusive"."""
+        alpha = 1 - LEVEL
+        if self.tost(margin) < alpha:
             return "equivalent"
-        low, high = self.ci(LEVEL)
-        return "different" if low > 0 or high < 0 else "inconclusive"
+        return "different" if self.p_value() < alpha else "inconclusive"
 
 
 def welch(a: list[float], b: list[float]) -> Difference | None:
-    """Difference of means a − b; None when either side has fewer than 2 values."""
+    """Difference of means a − b; None when either side has fewer than 2 values. The df is
+    scipy.stats.ttest_ind(a, b, equal_var=False)'s (Welch–Satterthwaite); the standard error is
+    sqrt(sem(a)² + sem(b)²)."""
     if len(a) < 2 or len(b) < 2:
         return None
-    da, db = describe(a), describe(b)
-    va, vb = da["sd"] ** 2 / da["n"], db["sd"] ** 2 / db["n"]
-    se = math.sqrt(va + vb)
-    # Welch–Satterthwaite; two spreads of exactly zero leave no df to estimate: the pooled one
-    df = (va + vb) ** 2 / (va ** 2 / (da["n"] - 1) + vb ** 2 / (db["n"] - 1)) if se else da["n"] + db["n"] - 2
-    return Difference(da["mean"] - db["mean"], se, df)
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    se = math.hypot(float(_scipy_stats.sem(a)), float(_scipy_stats.sem(b)))
+    if not se:  # two spreads of exactly zero leave no df to estimate: the pooled one
+        return Difference(diff, 0.0, len(a) + len(b) - 2)
+    return Difference(diff, se, float(_scipy_stats.ttest_ind(a, b, equal_var=False).df))
 
 
 # --- per-epoch curves -----------------------------------------------------------------
