@@ -1,5 +1,5 @@
-"""DVC stage report: metrics/report.md, its figures and the long-form curves file for `dvc plots`, rendered from
-the comparison table and the run files."""
+"""DVC stage report: metrics/report.md, its figures, the long-form curves file for `dvc plots` and the
+provenance record, rendered from the comparison table, the run files and git history."""
 
 from __future__ import annotations
 
@@ -28,13 +28,17 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="write the markdown report here")
     ap.add_argument("--figures", required=True, help="write the PNG figures into this directory")
     ap.add_argument("--curves", required=True, help="write the long-form curves (dvc plots) to this JSON file")
+    ap.add_argument("--provenance", help="write the provenance record (when each decision was fixed, read from "
+                    "git history) to this JSON file")
     args = ap.parse_args(argv)
 
     build_report(params_path=args.params, reference_path=args.reference, table_dir=args.table, runs_dir=args.runs,
                  history_dir=args.history, code_dir=args.published_path, errors_dir=args.errors,
                  precision_dir=args.precision, confirmation_dir=args.confirmation, search_dir=args.search,
-                 data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_path=args.curves)
-    print(f"wrote {args.out}, figures in {args.figures} and the curves to {args.curves}")
+                 data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_path=args.curves,
+                 provenance_path=args.provenance)
+    print(f"wrote {args.out}, figures in {args.figures}, the curves to {args.curves}"
+          + (f" and the provenance record to {args.provenance}" if args.provenance else ""))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import Params, VariantConfig, load_params
 from ..precision import read_precision_runs
+from ..provenance import build_record
 from ..reference import Reference, load_reference
 from ..run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
                          read_searches, read_test_set_uses)
@@ -25,6 +27,7 @@ class ReportInputs:
     confirmation: list = field(default_factory=list)  # [{"metrics", "history"}] per confirmation seed; [] not run
     searches: dict = field(default_factory=dict)      # variant -> its design search's record
     test_set_uses: list = field(default_factory=list)  # earlier uses of the test set (run_files.read_test_set_uses)
+    provenance: dict = field(default_factory=dict)     # when each decision was fixed (provenance.build_record)
 
     @property
     def final_variant(self) -> VariantConfig:
@@ -57,4 +60,5 @@ def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir
                         precision=read_precision_runs(params, precision_dir, runs_dir),
                         confirmation=read_confirmation(params, confirmation_dir),
                         searches=read_searches(params, search_dir) if search_dir else {},
-                        test_set_uses=read_test_set_uses(search_dir) if search_dir else [])
+                        test_set_uses=read_test_set_uses(search_dir) if search_dir else [],
+                        provenance=build_record(params_path, Path(runs_dir).parent))

@@ -6,6 +6,7 @@ from ..markdown import markdown_table, pct, signed
 from ..run_files import published_path_note
 from ..stats import LEVEL
 from ..table import same_seed_difference, same_seeds
+from .decisions import entry_of, when
 from .inputs import ReportInputs
 
 KEYS = {"best test": "best_test_acc", "final test": "final_test_acc"}
@@ -16,6 +17,15 @@ def _ci(diff, level: float) -> str:
     return f"[{low:+.2f}, {high:+.2f}]"
 
 
+def _exploratory(record: dict) -> str:
+    """A sentence when the record shows the margin was fixed with results of its own runs committed."""
+    entry = entry_of(record, "published_path.margin")
+    if not entry or not entry["own_results_before"]:
+        return ""
+    return (f" {entry['own_results_before']} results of the runs it judges were already committed when the margin "
+            "was fixed, so the comparison is exploratory: a margin chosen with them in view cannot test them.")
+
+
 def published_path_section(inputs: ReportInputs) -> list[str]:
     cfg = inputs.params.published_path
     equiv = 1 - 2 * (1 - LEVEL)
@@ -24,9 +34,11 @@ def published_path_section(inputs: ReportInputs) -> list[str]:
         f"{', '.join(f'`{n}`' for n in cfg.variants)}, seeds {', '.join(map(str, cfg.seeds))}, against our runs of "
         "the same seeds. Difference of means, ours − published path, with Welch's confidence intervals "
         "(Welch–Satterthwaite df). Rule (TOST, two one-sided tests at 5%), margin "
-        f"±{cfg.margin:.2f} points from `params.yaml` (`published_path.margin`), set before these runs: "
+        f"±{cfg.margin:.2f} points from `params.yaml` (`published_path.margin`): "
         f"*equivalent* when the {equiv:.0%} CI lies inside ±{cfg.margin:.2f}; else *different* when the "
-        f"{LEVEL:.0%} CI excludes 0; else *inconclusive*.",
+        f"{LEVEL:.0%} CI excludes 0; else *inconclusive*. "
+        f"The margin: {when(inputs.provenance, 'published_path.margin')}; "
+        f"the seeds: {when(inputs.provenance, 'published_path.seeds')}.{_exploratory(inputs.provenance)}",
         "",
     ]
     rows, not_run = [], []

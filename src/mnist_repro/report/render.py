@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..markdown import link
+from .across import across_section
 from .confirmation import confirmation_section
+from .decisions import provenance_section
 from .epochs import gap_section, outside_section
 from .inputs import ReportInputs
 from .machine import model_cards, precision_section, runs_section, steps_section, wall_time_section
@@ -39,6 +41,8 @@ def verdict_sections(inputs: ReportInputs) -> list[str]:
         lines += [f"No verdict for {', '.join(f'`{n}`' for n in no_verdict)}: no published entry, or runs "
                   "evaluated on a training holdout rather than the test set.", ""]
     return lines + ["### What each verdict can tell apart", "", *power_section(inputs), "",
+                    "## Across variants: the published run against our mean (exploratory)", "",
+                    *across_section(inputs), "",
                     "## Where the write-up disagrees with its own logs", "", *disagreements(inputs), "",
                     "## Every seed", "", *seeds_section(inputs), ""]
 
@@ -48,7 +52,8 @@ def search_sections(inputs: ReportInputs) -> list[str]:
     for name, record in inputs.searches.items():
         uses = sum(u["variant"] == name for u in inputs.test_set_uses)
         lines += [f"## Design search: {name}", "", *search_section(name, record, inputs.params, uses), ""]
-    lines += [f"## Confirmation: {inputs.params.confirmation.variant}", "", *confirmation_section(inputs), ""]
+    lines += [f"## Confirmation: {inputs.params.confirmation.variant}", "", *confirmation_section(inputs), "",
+              "## Provenance: when each decision was fixed", "", *provenance_section(inputs.provenance), ""]
     return lines
 
 

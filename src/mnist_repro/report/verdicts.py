@@ -4,7 +4,8 @@ where the write-up disagrees with its own logs, and every seed."""
 from __future__ import annotations
 
 from ..markdown import markdown_table, names, pair, pct, plural
-from ..stats import LEVEL, MIN_RUNS, TOO_FEW, also_contains, prediction_interval, seed_summary, t_quantile
+from ..stats import (LEVEL, MIN_RUNS, POWER, TOO_FEW, also_contains, detectable_shift, prediction_interval,
+                     seed_summary, t_quantile)
 from ..table import METRICS, NOT_RUN, published_values
 from .inputs import ReportInputs
 
@@ -70,15 +71,25 @@ def power_section(inputs: ReportInputs) -> list[str]:
             if interval.half_width is None or name not in others:
                 continue
             also = also_contains(interval, others, name)
-            rows.append([name, LABEL[metric], f"[{interval.low:.2f}, {interval.high:.2f}]", pct(others[name]),
-                         len(also), names(f"{n} ({others[n]:.2f})" for n in also)])
+            shift = detectable_shift(interval.n, interval.sd)
+            rows.append([name, LABEL[metric], interval.n, f"[{interval.low:.2f}, {interval.high:.2f}]",
+                         pct(others[name]), interval.verdict(others[name]), f"{shift:.2f}", len(also),
+                         names(f"{n} ({others[n]:.2f})" for n in also)])
     if not rows:
         return [f"No variant has {MIN_RUNS} runs and a published value yet."]
-    return ["What a verdict can tell apart: the other variants whose published value the interval also "
-            "contains. A verdict of *consistent* cannot tell this variant's recipe from theirs; the `best.also` "
-            "column of the table counts them for best test.", "",
-            markdown_table(["Variant", "Metric", "Our 95% PI", "Its published value", "Others inside",
-                            "Other variants' published values inside"], rows, numeric={3, 4})]
+    return ["What a verdict can tell apart, two ways. *Detectable shift*: the smallest difference δ between the "
+            f"published run's expected value and ours that the rule would flag with {POWER:.0%} power, if the "
+            "published run were one run of our code shifted by δ. Then (published − mean) / (SD · sqrt(1 + 1/n)) is "
+            "noncentral t with n − 1 df and noncentrality δ / (SD · sqrt(1 + 1/n)), our SD taken as the true "
+            f"spread, and δ solves P(|T| > t(0.975, n − 1)) = {POWER:.2f} (about (t(0.975, n − 1) + "
+            f"t({POWER:.2f}, n − 1)) · SD · sqrt(1 + 1/n)); `stats.detectable_shift`. A shift of δ or more would "
+            "usually have been flagged; a smaller one would mostly read *consistent* too, so a *consistent* verdict "
+            "with a large δ says little. *Others inside*: the "
+            "other variants whose published value the interval also contains; a *consistent* verdict cannot tell "
+            "this variant's recipe from theirs (the table's `best.also` counts them for best test).", "",
+            markdown_table(["Variant", "Metric", "n", "Our 95% PI", "Its published value", "Verdict",
+                            f"Detectable shift ({POWER:.0%} power)", "Others inside",
+                            "Other variants' published values inside"], rows, numeric={2, 4, 6, 7})]
 
 
 def disagreements(inputs: ReportInputs) -> list[str]:
