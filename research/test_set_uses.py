@@ -1,6 +1,6 @@
 """Record the earlier uses of the test set for under_5k's design, read from git history.
 
-Before its pre-registered confirmation (params.yaml `confirmation`), under_5k's design
+Before the confirmation runs (params.yaml `confirmation`), under_5k's design
 was run on the test set twice: the first design at commit cd54f9d and the search's
 second choice at 5d235eb, seeds 1-5 each. This script reads those run files with
 `git show <commit>:metrics/runs/<variant>/seed_<s>.json` and writes one committed

@@ -1,11 +1,15 @@
 """The provenance record (mnist_repro.provenance): when each decision was fixed and how many test-set
 results were committed then, on small git histories made here, on a checkout without history, and on
-this repository (the committed metrics/provenance.json is what its history gives)."""
+this repository (the committed metrics/provenance.json is what its history gives); and no prose in
+README, docs, params.yaml's comments or the report's templates says a decision was made "before" the
+results, "pre-registered" or "without the test set" when the record classes it otherwise."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +233,125 @@ def test_the_committed_record_is_what_git_history_gives():
     committed = json.loads((REPO / "metrics/provenance.json").read_text())
     assert committed == json.loads(json.dumps(record)), \
         "metrics/provenance.json is stale: commit params.yaml, then `dvc repro report` rewrites it"
+
+
+# --- no sentence about when a decision was made contradicts the record -------------------------------
+
+# Phrases that say when a decision was made relative to the results (outside `code spans`).
+TIMING = re.compile(r"pre-?regist\w*|without (?:looking at )?the test set|never run before|no seed is added|"
+                    r"(?:fixed|set|chosen|written|committed|registered|decided) (?:in advance|beforehand)|"
+                    r"\bbefore (?:any |the |these |those |its |their |that )?(?:of (?:its|their|the|these) )?"
+                    r"(?:own )?(?:test-set )?(?:runs?|results?|seeds?)\b|"
+                    r"(?:chosen|designed|selected|picked) on (?:a|the) validation split", re.IGNORECASE)
+# A claim about the decision's own runs only ("before these runs"); any other claim is about every result
+# that could have informed it.
+OWN = re.compile(r"before (?:any of )?(?:these|those|its|their|that)(?: own)? runs?\b|never run before",
+                 re.IGNORECASE)
+PROSE = ("README.md", "docs/*.md", "params.yaml", "dvc.yaml", "research/README.md")
+
+
+def sentences(path: Path) -> list[str]:
+    """The prose of a file in sentences: markdown paragraphs (a table row on its own), params.yaml's comments."""
+    text = path.read_text()
+    if path.suffix == ".yaml":
+        text = "\n\n".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    units = []
+    for block in re.split(r"\n\s*\n", text):
+        rows = [line for line in block.splitlines() if line.lstrip().startswith("|")]
+        units += rows
+        rest = " ".join(line.strip() for line in block.splitlines() if not line.lstrip().startswith("|"))
+        units += re.split(r"(?<=[.;:!?])\s+(?=[A-Z`*(\[])", rest)
+    return [u for u in units if u.strip()]
+
+
+def template_strings() -> list[tuple[str, str]]:
+    """(file, string) for every string constant in the report's templates and stage."""
+    found = []
+    for path in sorted((REPO / "src/mnist_repro/report").glob("*.py")) + [REPO / "stages/report.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append((path.relative_to(REPO).as_posix(), node.value))
+    return found
+
+
+def decisions_named(sentence: str, record: dict) -> list[dict]:
+    """The decisions a sentence names in `code spans`: an id (`published_path.margin`), a section
+    (`confirmation`: all of its decisions and runs), or a variant's entry (`variants.under_5k`: its recipe)."""
+    named = []
+    for span in re.findall(r"`([^`]+)`", sentence):
+        span = span.removeprefix("params.yaml ").strip()
+        section = {"confirmation": "run:confirmation/", "precision": "run:precision/",
+                   "published_path": "run:published/"}.get(span, "\0")
+        named += [e for e in record["decisions"]
+                  if e["id"] == span or e["id"].startswith(span + ".") or e["id"].startswith(section)
+                  or (span.startswith("variants.") and e["id"] == "recipe:" + span.removeprefix("variants."))]
+    return named
+
+
+def without_code(sentence: str) -> str:
+    return re.sub(r"`[^`]*`", "", sentence)
+
+
+def contradicts(claim: str, entry: dict) -> bool:
+    """Does the record contradict a timing claim about this decision? A claim about its own runs
+    ("before these runs") needs none of their results committed then; any other claim ("before the
+    results", "pre-registered", "without the test set") needs the class `fixed before any result`."""
+    return bool(entry["own_results_before"]) if OWN.search(claim) else entry["class"] != BEFORE
+
+
+def test_no_prose_says_before_for_a_decision_the_record_classes_otherwise():
+    record = json.loads((REPO / "metrics/provenance.json").read_text())
+    if not record["decisions"]:
+        pytest.skip("the committed record has no history")
+    problems = []
+    for pattern in PROSE:
+        for path in sorted(REPO.glob(pattern)):
+            for sentence in sentences(path):
+                rel = path.relative_to(REPO).as_posix()
+                for claim in TIMING.finditer(without_code(sentence)):
+                    named = decisions_named(sentence, record)
+                    if not named:
+                        problems.append(f"{rel}: '{claim[0]}' names no decision (a params key in `code`) the "
+                                        f"record holds: {sentence.strip()[:200]}")
+                    for e in named:
+                        if contradicts(claim[0], e):
+                            problems.append(f"{rel}: '{claim[0]}' about `{e['id']}`, which the record classes "
+                                            f"{e['class']} ({e['own_results_before']} of its own runs' results "
+                                            f"then; commit {str(e['commit'])[:7]}): {sentence.strip()[:200]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_report_templates_leave_timing_to_the_record():
+    """The report says when a decision was made only through the record (report/decisions.py's `when`)."""
+    found = [(rel, TIMING.search(without_code(s))[0], s[:120]) for rel, s in template_strings()
+             if TIMING.search(without_code(s))]
+    assert not found, found
+
+
+@pytest.mark.parametrize("sentence, broken", [
+    ("The margin `published_path.margin` was set before these runs.", True),        # 4 of its own results then
+    ("Seeds `confirmation.seeds` were committed before any of its own runs.", False),  # none of its own then
+    ("The `confirmation` was pre-registered.", True),                                # after 10 results
+    ("Each variant trains `train.seed`, fixed before any result.", False),
+    ("Seeds were fixed before the runs.", True),                                     # names no decision
+    ("The `confirmation` was pre-registered: seeds never run before.", True),        # the first claim fails
+    ("Committed outputs persist (DVC does not delete them before the command runs).", None),  # not a claim
+])
+def test_the_prose_check_itself(sentence, broken):
+    """The check above on sentences with a known verdict (None: no timing claim), against a record of the
+    shape the repository has."""
+    record = {"decisions": [
+        {"id": "published_path.margin", "class": "fixed after 7 results", "own_results_before": 4, "commit": "x"},
+        {"id": "confirmation.seeds", "class": "fixed after 10 results", "own_results_before": 0, "commit": "x"},
+        {"id": "run:confirmation/u/101", "class": "fixed after 10 results", "own_results_before": 0, "commit": "x"},
+        {"id": "train.seed", "class": BEFORE, "own_results_before": 0, "commit": "x"}]}
+    claims = [m[0] for m in TIMING.finditer(without_code(sentence))]
+    if broken is None:
+        assert not claims
+        return
+    named = decisions_named(sentence, record)
+    assert claims and (not named or any(contradicts(c, e) for c in claims for e in named)) == broken
+
+
+def test_the_prose_files_exist():
+    assert all(list(REPO.glob(p)) for p in PROSE)

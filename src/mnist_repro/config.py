@@ -177,7 +177,7 @@ class Params:
         return self.variants[name]
 
     def seeds_of(self, name: str) -> tuple[int, ...]:
-        """Every seed variant `name` trains, train.seed first (fixed in params.yaml before the runs)."""
+        """Every seed variant `name` trains, train.seed first (params.yaml's train.seed and seeds)."""
         self.variant(name)
         for group in (self.seeds, self.seeds.slow):
             if name in group.variants:
