@@ -14,8 +14,8 @@ sentence someone wrote.
 - **A test-set result**: a JSON run file under the results directory (metrics/; the per-epoch
   history files left aside) of one run (variant, seed, best and final test accuracy),
   evaluated on the test set (not a holdout), at any place the layout has kept run files
-  (metrics/<variant>.json, metrics/consistency/, metrics/runs/, metrics/published_code/,
-  metrics/published_path/, metrics/confirmation/, metrics/precision/ ...). Its data path is
+  (today metrics/runs/, metrics/published_path/, metrics/confirmation/, metrics/precision/;
+  earlier a <variant>.json at the top, and consistency/ and published_code/ folders). Its data path is
   read from the path: published (published_*), confirmation, precision (mixed precision),
   else ours. Each new (data path, variant, seed, best, final) counts once, in the commit that
   first holds it; a rerun that changes the numbers is a new result, one that rewrites the
