@@ -4,10 +4,11 @@ error, and accelerate.yaml launches what params.yaml's launch section launches i
 
 from __future__ import annotations
 
+import re
 import sys
 
 import yaml
-from conftest import REPO, run_cmd
+from conftest import DVC, REPO, init_project, run_cmd, sh
 
 CONFIG = REPO / "accelerate.yaml"
 
@@ -31,3 +32,31 @@ def test_a_hand_launch_shows_one_error_line_no_warning_no_traceback(cli_env):
     assert [line for line in both.splitlines() if line.startswith("error: ")] == [
         "error: variants.lr_schedular: unknown variant; choose one of "
         + ", ".join(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])], both
+
+
+def test_more_processes_without_multi_gpu_stop_with_one_line_naming_the_flag(cli_env, tmp_path):
+    """`accelerate launch --num_processes 2` without --multi_gpu would run one process (and the run
+    file would say 1): refused before the stage starts, whatever else the command says."""
+    flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    for extra, line in ((["--num_processes", "2"],
+                         "error: --num_processes 2 without --multi_gpu starts one process; add --multi_gpu "
+                         "(in the pipeline: launch.multi_gpu: true in params.yaml)"),
+                        (["--cpu", "--num_processes", "3"],
+                         "error: --num_processes 3 with --cpu starts one process; drop --cpu and add --multi_gpu "
+                         "(on a host without CUDA that is 3 gloo CPU processes)")):
+        proc = run_cmd([sys.executable, "-m", "mnist_repro.launch", *flags, *extra, REPO / "stages" / "train.py",
+                        "lr_scheduler", "--quick", "--metrics", tmp_path / "m.json"],
+                       {**cli_env, "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert [text for text in (proc.stdout + proc.stderr).splitlines() if text.strip()] == [line]
+        assert not (tmp_path / "m.json").exists()
+
+
+def test_docs_show_what_dvc_prints_for_a_misspelt_set_param_key(cli_env, tmp_path):
+    """DVC refuses a typo'd `-S` key before any stage runs; docs/pipeline.md quotes its message."""
+    block = re.search(r"```\n\$ (dvc exp run [^\n]+)\n(.*?)```", (REPO / "docs" / "pipeline.md").read_text(), re.S)
+    command, shown = block[1].split(), block[2].splitlines()
+    root = init_project(tmp_path / "project", cli_env)
+    proc = sh([*DVC, *command[1:]], root, cli_env, check=False)
+    assert proc.returncode != 0 and "Running stage" not in proc.stdout
+    assert [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()] == shown

@@ -93,12 +93,15 @@ def quiet_launch(argv=None) -> int:
     covers only one process's failure). Here the stage has already said what happened in
     one line (mnist_repro.cli), so this exits with the stage's status and says nothing,
     except for a process killed by a signal, which could not speak for itself.
+    A request for N > 1 processes that Accelerate would answer with one (no --multi_gpu)
+    stops with one line naming the missing flag.
     Usage: python -m mnist_repro.launch <accelerate launch flags> stages/train.py ...
     """
     import logging
     import signal
     import subprocess
 
+    import accelerate.commands.launch as accelerate_launch
     import torch.distributed.run  # noqa: F401  (creates the elastic agent's loggers)
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -113,8 +116,19 @@ def quiet_launch(argv=None) -> int:
     # Ctrl-C and keep waiting for its exit status. (torch's launcher of N processes installs
     # its own handler, forwards the signal and raises SignalException.)
     signal.signal(signal.SIGINT, lambda signum, frame: None)
+    one_process = accelerate_launch.simple_launcher
+
+    def refuse_fewer(args):  # Accelerate's one-process launcher, once its flags and config are read
+        if (args.num_processes or 1) > 1:
+            raise ParamsError(fewer_processes(args.num_processes, cpu=bool(args.cpu)))
+        one_process(args)
+
+    accelerate_launch.simple_launcher = refuse_fewer
     try:
         launch_command(args)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except subprocess.CalledProcessError as e:
         return _status(e.returncode, rank=0)
     except ChildFailedError as e:
@@ -122,7 +136,18 @@ def quiet_launch(argv=None) -> int:
         return _status(failure.exitcode, rank)
     except SignalException as e:
         return 128 + int(e.sigval)
+    finally:
+        accelerate_launch.simple_launcher = one_process
     return 0
+
+
+def fewer_processes(n: int, *, cpu: bool) -> str:
+    """Why `accelerate launch --num_processes n` would start one process, and the fix."""
+    if cpu:
+        return (f"--num_processes {n} with --cpu starts one process; drop --cpu and add --multi_gpu "
+                f"(on a host without CUDA that is {n} gloo CPU processes)")
+    return (f"--num_processes {n} without --multi_gpu starts one process; add --multi_gpu "
+            "(in the pipeline: launch.multi_gpu: true in params.yaml)")
 
 
 def _status(code: int, rank: int) -> int:
