@@ -43,9 +43,37 @@ def main(argv=None) -> None:
         stale.unlink()
     for path, row in rows.items():
         write_json(path, row)
-        print(not_run.get(path) or f"{path.stem}: n={row['n']}, best test mean {row['best']['mean']} "
-              f"± {row['best']['pi']}, published {row['best']['pub']}: {row['best']['v']}; final test mean "
-              f"{row['fin']['mean']} ± {row['fin']['pi']}, published {row['fin']['pub']}: {row['fin']['v']}")
+    params = load_params(args.params)
+    names = {table_file(args.out, params, name): name for name in params.variants}
+    print("\n".join(console_table(rows, names, not_run)))
+
+
+HEADER = ("variant", "n", "best test", "published", "verdict", "final test", "published", "verdict", "data path")
+LEGEND = ("±: half-width of the 95% prediction interval for one more run of ours; blank: nothing to compare",
+          "data path: ours against the notebooks' data path over the same seeds (equivalence test on best test)")
+
+
+def console_table(rows: dict, names: dict, not_run: dict) -> list[str]:
+    """The table as a person reads it after the stage (at most 120 columns): our mean ± the
+    prediction interval's half-width, the published value and the verdict, for the best and
+    the final epoch, and the data-path verdict; a cell with nothing to say is blank, a variant
+    not run yet is a line saying how to run it. `dvc metrics show --md` prints every column."""
+    def mean(cell):
+        return f"{cell['mean']:.2f}" + (f" ± {cell['pi']:.2f}" if cell["pi"] is not None else "")
+
+    def cells(path, row):
+        published = [f"{row[m]['pub']:.2f}" if row[m]["pub"] is not None else "" for m in ("best", "fin")]
+        return [names[path], str(row["n"]), mean(row["best"]), published[0], row["best"]["v"] or "",
+                mean(row["fin"]), published[1], row["fin"]["v"] or "", row["pp"]["best"] or ""]
+
+    table = [cells(path, row) for path, row in rows.items() if path not in not_run]
+    widths = [max(len(r[i]) for r in [HEADER, *table]) for i in range(len(HEADER))]
+    right = {1}  # n: a count, right-aligned
+
+    def line(r):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    return [line(HEADER), *map(line, table), *(not_run[path] for path in rows if path in not_run), *LEGEND]
 
 
 if __name__ == "__main__":
