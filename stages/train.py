@@ -7,20 +7,22 @@ By hand:  python -m mnist_repro.launch stages/train.py lr_scheduler --quick   (p
           traceback after an error or a Ctrl-C)
 In DVC:   dvc.yaml passes params.yaml's launch flags and every output path, so the
           flags that shaped a result are tracked and each path is written in one place.
-Ctrl-C stops it with one line on how to resume (rerun the same command: it resumes from
-the last finished epoch saved under --checkpoint).
+Resume state (each finished epoch): --resume keeps it in the run's own folder under
+$MNIST_REPRO_CHECKPOINTS, else checkpoints/ at the project root (also from inside `dvc exp run
+--temp`'s temporary copy, which DVC deletes); --checkpoint DIR keeps it in DIR. Ctrl-C stops
+the run with one line saying which epochs are saved, if any, and what the rerun does.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
+from mnist_repro import checkpoint, cli
 from mnist_repro.config import load_params
 from mnist_repro.train import QUICK, train_and_write
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variant", help="a key under `variants:` in params.yaml")
     ap.add_argument("--seed", type=int, help="override train.seed (the extra-seed and confirmation runs)")
@@ -37,17 +39,29 @@ def main(argv=None) -> None:
     ap.add_argument("--model", help="write the trained state_dict here")
     ap.add_argument("--errors", help="write the misclassified evaluation images (index, label, prediction) here")
     ap.add_argument("--checkpoint", help="directory for per-epoch resume state")
+    ap.add_argument("--resume", action="store_true", help=(
+        f"keep per-epoch resume state in the run's own folder under ${checkpoint.HOME_ENV}, else checkpoints/ "
+        "at the DVC project's root (dvc.yaml's stages; it outlives `dvc exp run --temp`)"))
     ap.add_argument("--mixed-precision", help="the precision this run must have instead of "
                     "launch.mixed_precision (the precision@ stages)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
 
     overrides = dict(QUICK) if args.quick else {}
     overrides.update({key: value for key, value in (("epochs", args.epochs), ("train_limit", args.train_limit),
                                                     ("test_limit", args.test_limit)) if value is not None})
     train_and_write(load_params(args.params), args.variant, args.data, seed=args.seed, train_overrides=overrides,
                     mixed_precision=args.mixed_precision, metrics=args.metrics, history=args.history,
-                    model=args.model, errors=args.errors, checkpoint=args.checkpoint)
+                    model=args.model, errors=args.errors, checkpoint=args.checkpoint, resume=args.resume)
+
+
+def interrupted(argv, rerun: str) -> str:
+    args = parser().parse_args(argv)
+    return checkpoint.interrupted_line(rerun, kept=bool(args.checkpoint or args.resume))
 
 
 if __name__ == "__main__":
-    cli.run(main, resume_option="--checkpoint")
+    cli.run(main, on_interrupt=interrupted)

@@ -657,12 +657,12 @@ def run_until_checkpoint(cmds, env: dict, log_dir: Path, manifests, timeout: flo
     return runs, [json.loads(Path(m).read_text()) for m in manifests]
 
 
-TIMING_KEYS = ("wall_seconds", "seconds")
+TIMING_KEYS = ("wall_seconds", "seconds", "segments")  # segments: when, and in how many sessions, it ran
 
 
 def without_timing(result):
-    """A run summary (dict) or history (list of dicts) without its wall times, the only fields
-    two identical runs differ in."""
+    """A run summary (dict) or history (list of dicts) without its wall times and sessions, the
+    only fields two identical runs differ in (a resumed run has a session per start)."""
     if isinstance(result, list):
         return [without_timing(r) for r in result]
     return {k: v for k, v in result.items() if k not in TIMING_KEYS}

@@ -85,7 +85,8 @@ def test_two_processes_count_every_image_once(two_proc):
 
 def test_two_processes_write_and_print_one_summary(two_proc):
     stdout = two_proc["proc"].stdout
-    assert stdout.count("'variant': 'lr_scheduler'") == 1
+    assert stdout.count(f"lr_scheduler seed 1: {EPOCHS} epochs in ") == 1  # the closing summary, once
+    assert stdout.count("2 processes x 1 thread") == 1  # its "ran on" line
     assert stdout.count(f"lr_scheduler epoch {EPOCHS}/{EPOCHS}:") == 1
     assert sorted(p.name for p in two_proc["out"].iterdir()) == ["history.json", "metrics.json", "model.pt"]
 
@@ -237,8 +238,8 @@ def test_a_diverged_two_process_run_says_so_once(cpu_env, mnist_root, base, quic
 
 
 def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, base, quick_params):
-    """torch's launcher takes the Ctrl-C and forwards it to both processes: rank 0 says how to
-    resume, rank 1 nothing, and neither launcher nor process adds a traceback."""
+    """torch's launcher takes the Ctrl-C and forwards it to both processes: rank 0 says which
+    epochs are saved, rank 1 nothing, and neither launcher nor process adds a traceback."""
     _, two = two_params(quick_params, base / "ctrl-c.yaml", epochs=15, train_limit=TRAIN_LIMIT,
                         test_limit=TEST_LIMIT, overrides={"train.batch_size": BATCH})
     out = base / "ctrl-c"
@@ -250,8 +251,9 @@ def test_ctrl_c_of_two_processes_is_one_line_and_exit_130(cpu_env, mnist_root, b
         time.sleep(0.01)
     os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C does to a terminal's job
     assert run.proc.wait(timeout=120) == 130
+    done = len(json.loads((ckpt / "node-0" / "run.json").read_text())["history"])
     assert [line for line in run.stderr.splitlines() if line.strip()] == [
-        f"interrupted: rerun the same command to resume from the last finished epoch saved in {ckpt}"]
+        f"interrupted: epochs 1-{done} are saved in {ckpt}; rerun the same command to resume after epoch {done}"]
     assert "Traceback" not in run.stdout and not (out / "metrics.json").exists()
 
 
@@ -340,7 +342,7 @@ def test_killed_machines_each_keep_their_two_newest_epochs(nodes_killed):
     for rank, disk in enumerate(nodes_killed["disks"]):
         assert {p.name for p in (disk / f"node-{rank}").iterdir()} == {"epoch-1", "epoch-2", "run.json"}
     for rank, run in enumerate(nodes_killed["runs"]):
-        assert "'variant': 'lr_scheduler'" not in run.stdout  # killed, workers included, before the end
+        assert f"lr_scheduler seed 1: {NODES_EPOCHS} epochs in" not in run.stdout  # killed before the summary
         assert not (nodes_killed["job"] / f"node{rank}" / "metrics.json").exists()
 
 

@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -231,8 +232,9 @@ def interrupt_after_a_saved_epoch(proc, manifest, log, timeout=600) -> None:
     saved state; waits for it to exit."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if json.loads(manifest.read_text()).get("state"):
+        try:  # manifest may be a glob pattern under the project
+            found = [manifest] if manifest.exists() else list(Path(manifest.anchor).glob(str(manifest)[1:]))
+            if any(json.loads(m.read_text()).get("state") for m in found):
                 break
         except (OSError, ValueError):
             pass
@@ -248,10 +250,12 @@ def test_an_interrupted_exp_run_changes_no_result_and_resumes_when_rerun(clone, 
     get_data(root, env)
     before = committed(root)
     argv = [*DVC, "exp", "run", "train@lr_scheduler", "-S", "train.epochs=3", "-S", "train.train_limit=2048"]
-    manifest = root / "checkpoints" / "lr_scheduler" / "node-0" / "run.json"
     log = tmp_path / "first.log"
     proc = start(argv, root, env, log)
+    # dvc.yaml's --resume: the run's own folder, checkpoints/<variant>-seed<seed>/<settings fingerprint>/
+    manifest = root / "checkpoints" / "lr_scheduler-seed1" / "*" / "node-0" / "run.json"
     interrupt_after_a_saved_epoch(proc, manifest, log)
+    manifest, = root.glob(str(manifest.relative_to(root)))
     assert proc.returncode != 0, log.read_text()[-3000:]
     changed = sorted(changed_since(before, root))
     # params.yaml holds the user's -S; dvc.lock the check_params stage that ran on it; no result changed.

@@ -76,7 +76,8 @@ def test_welch_difference_by_hand():
     from scipy.stats import ttest_ind
 
     res = ttest_ind([1, 2, 3, 4], [2, 2.5, 3.5, 4.5], equal_var=False)
-    assert (low, high) == (pytest.approx(res.confidence_interval(0.95).low), pytest.approx(res.confidence_interval(0.95).high))
+    ci = res.confidence_interval(0.95)
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert d.p_value() == pytest.approx(res.pvalue)
     # two spreads of exactly zero: no df to estimate, the pooled one; the CI is the difference itself
     assert welch([1.0, 1.0], [2.0, 2.0]) == Difference(-1.0, 0.0, 2) and Difference(-1.0, 0.0, 2).ci() == (-1.0, -1.0)

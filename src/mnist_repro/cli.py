@@ -22,31 +22,24 @@ def _speaks() -> bool:
     return os.environ.get("RANK", "0") == "0"  # set by torch's launcher; absent in one process
 
 
-def _option(argv: list[str], name: str) -> str | None:
-    """The value of ``--name VALUE`` or ``--name=VALUE`` in argv, else None."""
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def interrupted_line(argv: list[str], resume_option: str | None) -> str:
-    """What to do after a Ctrl-C: rerun the same command (under DVC, its stage), from the
-    folder named by ``resume_option`` when the stage keeps one."""
+def rerun_command() -> str:
+    """How to run the interrupted stage again: under `dvc exp run` (DVC names the experiment) the
+    same command, under `dvc repro` or the matrix its stage, by hand the same command."""
     stage = os.environ.get("DVC_STAGE")  # DVC sets it for every stage command it runs
-    rerun = f"`dvc repro {stage}` (or the same `dvc exp run`)" if stage else "the same command"
-    folder = _option(argv, resume_option) if resume_option else None
-    if folder:
-        return f"interrupted: rerun {rerun} to resume from the last finished epoch saved in {folder}"
+    if stage and os.environ.get("DVC_EXP_NAME"):
+        return "the same `dvc exp run`"
+    return f"`dvc repro {stage}`" if stage else "the same command"
+
+
+def interrupted_line(argv: list[str], rerun: str) -> str:
+    """A stage that keeps no state: a Ctrl-C loses nothing written, and the rerun starts again."""
     return f"interrupted: nothing was saved; rerun {rerun} to start again"
 
 
-def run(main, argv=None, *, resume_option: str | None = None) -> None:
-    """Run a stage's ``main(argv)``. A UserError prints ``error: ...``, a Ctrl-C one line on
-    how to resume (``resume_option``: the stage's option naming its resume folder); exit
-    1 or 130, no traceback."""
+def run(main, argv=None, *, on_interrupt=interrupted_line) -> None:
+    """Run a stage's ``main(argv)``. A UserError prints ``error: ...``, a Ctrl-C one line,
+    ``on_interrupt(argv, rerun_command())`` (a stage that keeps resume state says what the
+    rerun resumes from); exit 1 or 130, no traceback."""
     argv = sys.argv[1:] if argv is None else argv
     interrupted = []
 
@@ -70,7 +63,7 @@ def run(main, argv=None, *, resume_option: str | None = None) -> None:
         if not (interrupted or isinstance(e, KeyboardInterrupt)):
             raise
         if _speaks():
-            print(interrupted_line(argv, resume_option), file=sys.stderr, flush=True)
+            print(on_interrupt(argv, rerun_command()), file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED) from None
     finally:
         if ours:

@@ -17,6 +17,7 @@ from torchvision import datasets, transforms
 
 from .config import Params
 from .files import write_json
+from .launch import cpu_threads_per_process
 from .models import build_model, count_parameters
 from .summary import launch_record, summarize
 from .train import build_optimizer, build_scheduler
@@ -98,6 +99,7 @@ def rerun_and_write(params: Params, variant: str, data_root, *, seed: int | None
     recipe, cfg = params.variant(variant), params.train
     seed = cfg.seed if seed is None else seed
     start = time.perf_counter()
+    torch.set_num_threads(cpu_threads_per_process(cfg.cpu_threads))  # as our path: train.cpu_threads
     torch.manual_seed(seed)  # as the notebooks do, before building the model
     model = build_model(recipe.model, recipe.dropout)
     kwargs = dict(mean=cfg.mean, std=cfg.std, batch_size=cfg.batch_size, augment=recipe.augment)

@@ -4,8 +4,9 @@ The data sit on the training device (device_data.py). Across N processes each gl
 batch of ``batch_size`` images is split into N shares, so the optimisation (global
 batch, number of steps, schedule) is the same on any N. The numbers are not bit for
 bit the same: each process draws its own augmentation and dropout, and on a CPU each
-normalises BatchNorm over its own share (torch's SyncBatchNorm is CUDA-only), so
-results move at the level of seed noise. How to launch: launch.py.
+normalises BatchNorm over its own share (torch's SyncBatchNorm is CUDA-only), so an
+N-process run is another sample of the experiment; by how much its results differ from
+one process's has not been measured here (docs/distributed.md). How to launch: launch.py.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, agreed_resume, run_fingerprint
+from .checkpoint import Checkpoint, agreed_resume, check_threads, keyed_root, resume_home, run_fingerprint
 from .config import Params, TrainConfig, VariantConfig
 from .device_data import DeviceData, check_shares, global_batches, load_datasets, prepare_images, steps_per_epoch
 from .errors import DivergedError
 from .files import atomic_path, write_json
-from .launch import check_launch, cpu_threads_per_process, make_accelerator, node_index
+from .launch import check_launch, cpu_threads_per_process, describe_device, make_accelerator, node_index
 from .models import build_model, count_parameters
-from .summary import launch_record, misclassified, summarize
+from .summary import launch_record, misclassified, segment, summarize, summary_lines
 
 LOG_EVERY = 20  # steps between progress-bar refreshes; each one costs a host-device sync
 QUICK = {"epochs": 1, "train_limit": 2048, "test_limit": 1000}  # stages/train.py --quick: a look, not a result
@@ -169,8 +170,10 @@ class RunResult:
 
 
 def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: int | None = None,
-                 checkpoint_dir=None, accelerator: Accelerator | None = None) -> RunResult:
-    """Train one variant from scratch (or resume), evaluating on the test set after each epoch."""
+                 checkpoint_dir=None, resume_in=None, accelerator: Accelerator | None = None) -> RunResult:
+    """Train one variant from scratch (or resume), evaluating on the test set after each epoch.
+    Resume state: in ``checkpoint_dir``, or in this run's own folder under ``resume_in``
+    (checkpoint.keyed_root); neither: none."""
     accelerator = accelerator or make_accelerator()
     seed = cfg.seed if seed is None else seed
     world = accelerator.num_processes
@@ -199,15 +202,22 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(seed, device_specific=True)
 
-    history, wall_before = [], 0.0
+    history, wall_before, segments, override = [], 0.0, [], None  # segments: earlier sessions'
     checkpoint = None
-    if checkpoint_dir:
-        checkpoint = Checkpoint(Path(checkpoint_dir), run_fingerprint(cfg, variant, seed, accelerator),
-                                node_index(accelerator))
+    if checkpoint_dir or resume_in:
+        fingerprint = run_fingerprint(cfg, variant, seed, accelerator)
+        root = Path(checkpoint_dir) if checkpoint_dir else keyed_root(resume_in, variant.name, seed, fingerprint)
+        checkpoint = Checkpoint(root, fingerprint, node_index(accelerator), keyed=not checkpoint_dir)
         saved = agreed_resume(checkpoint, accelerator)
+        if saved:  # the same thread count, or stop (or the override, recorded)
+            override = check_threads(saved, torch.get_num_threads(), accelerator, root, cfg.cpu_threads)
         if saved and checkpoint.restore(accelerator, saved, model, optimizer, scheduler, seed):
-            history, wall_before = list(saved["history"]), saved["wall_seconds"]
+            history, wall_before, segments = list(saved["history"]), saved["wall_seconds"], list(saved["segments"])
             accelerator.print(f"{variant.name}: resuming after epoch {len(history)} from {checkpoint.root}")
+        else:
+            override = None
+            accelerator.print(f"{variant.name} seed {seed}: from epoch 1, saving each finished epoch in {root}")
+    device_name, first, session_start = describe_device(accelerator.device), len(history) + 1, time.time()
 
     raw_model = accelerator.unwrap_model(model)
     start = time.perf_counter()
@@ -224,21 +234,29 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
             f"{variant.name} epoch {epoch}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.2f}% | "
             f"test loss {te['loss']:.4f} acc {te['acc']:.2f}% ({round(te['acc'] * te['images'] / 100)}/{te['images']}) "
             f"| {seconds:.1f} s")
+        this_session = segment(first, epoch, started=session_start, ended=time.time(), device_name=device_name,
+                               override=override)
         if checkpoint:
-            checkpoint.save(accelerator, history, wall_before + time.perf_counter() - start, scheduler)
+            checkpoint.save(accelerator, history, wall_before + time.perf_counter() - start, scheduler,
+                            [*segments, this_session])
+    if len(history) >= first:
+        segments.append(this_session)
 
     metrics = summarize(history, variant=variant.name, params=params, seed=seed,
                         wall_seconds=wall_before + time.perf_counter() - start,
-                        launch=launch_record(accelerator, sync_batchnorm=sync_bn, holdout=cfg.holdout))
+                        launch=launch_record(accelerator, sync_batchnorm=sync_bn, holdout=cfg.holdout),
+                        segments=segments)
     return RunResult(raw_model, history, metrics, checkpoint, test_data)
 
 
 def train_and_write(params: Params, variant: str, data_root, *, seed: int | None = None,
                     train_overrides: dict | None = None, mixed_precision: str | None = None,
-                    metrics=None, history=None, model=None, errors=None, checkpoint=None) -> RunResult:
+                    metrics=None, history=None, model=None, errors=None, checkpoint=None,
+                    resume: bool = False) -> RunResult:
     """The training stage: train ``variant`` (params.train with ``train_overrides``) and write
     the outputs asked for. A run that writes metrics is filed under params.yaml, so it must
-    have params.launch's settings (``mixed_precision`` replaces its precision)."""
+    have params.launch's settings (``mixed_precision`` replaces its precision). Resume state:
+    in the folder ``checkpoint``, or with ``resume`` in its own under checkpoint.resume_home()."""
     cfg = dataclasses.replace(params.train, **(train_overrides or {}))
     recipe = params.variant(variant)  # validated before anything heavy starts
     accelerator = make_accelerator()
@@ -247,7 +265,8 @@ def train_and_write(params: Params, variant: str, data_root, *, seed: int | None
         if mixed_precision:
             launch = dataclasses.replace(launch, mixed_precision=mixed_precision)
         check_launch(launch, accelerator)
-    result = run_training(recipe, cfg, data_root, seed=seed, checkpoint_dir=checkpoint, accelerator=accelerator)
+    result = run_training(recipe, cfg, data_root, seed=seed, checkpoint_dir=checkpoint,
+                          resume_in=resume_home() if resume and not checkpoint else None, accelerator=accelerator)
     # Every node writes its own copy: `dvc repro` on each node then finds its outputs.
     if accelerator.is_local_main_process:
         if errors:
@@ -259,7 +278,8 @@ def train_and_write(params: Params, variant: str, data_root, *, seed: int | None
                 torch.save(result.model.state_dict(), tmp)
         if metrics:
             write_json(metrics, result.metrics)
-        accelerator.print(result.metrics)
+        for line in summary_lines(result.metrics, metrics):  # the JSON is the run file's
+            accelerator.print(line)
     accelerator.wait_for_everyone()
     if result.checkpoint:
         result.checkpoint.finish(accelerator)
