@@ -69,6 +69,14 @@ def verify_dir(directory: Path) -> None:
         verify_file(Path(directory) / name)
 
 
+def require_mnist(root: str | Path) -> None:
+    """Check <root>/MNIST/raw before a stage reads it; one started before download (`dvc repro -s`,
+    a fresh clone) is told to run download first."""
+    if not raw_dir(root).is_dir():
+        raise DataError(f"{raw_dir(root)}: no MNIST here yet; run `dvc repro download` first")
+    verify_dir(raw_dir(root))
+
+
 # --- sources: each writes the four uncompressed files into `dest` or raises ---------
 
 def _gunzip_into(read_gz, dest: Path) -> None:
@@ -188,7 +196,7 @@ def load_split(root: str | Path, train: bool, limit: int = 0) -> tuple[torch.Ten
     """(images uint8 [N, 28, 28], labels int64 [N]) after checking the digests."""
     from torchvision.datasets import MNIST
 
-    verify_dir(raw_dir(root))
+    require_mnist(root)
     ds = MNIST(str(root), train=train, download=False)
     images, labels = ds.data, ds.targets
     if limit:

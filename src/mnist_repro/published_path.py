@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision import datasets, transforms
 
 from .config import Params
+from .data import require_mnist
 from .files import write_json
 from .launch import cpu_threads_per_process
 from .models import build_model, count_parameters
@@ -34,6 +35,7 @@ def published_transforms(mean: float, std: float, augment: bool) -> transforms.C
 
 def published_loader(data_root, *, train: bool, mean: float, std: float, augment: bool,
                      batch_size: int = 128, limit: int = 0, num_workers: int = 1) -> torch.utils.data.DataLoader:
+    require_mnist(data_root)
     dataset = datasets.MNIST(str(data_root), train=train, download=False,
                              transform=published_transforms(mean, std, augment and train))
     if limit:
