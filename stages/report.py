@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     ap.add_argument("--precision", required=True, help="directory holding the precision@<seed> runs' seed_<s>.json")
     ap.add_argument("--search", help="directory holding <variant>.json design-search records (research/search.py) "
                     "and test_set_uses.json (research/test_set_uses.py)")
+    ap.add_argument("--compile-check", help="directory holding runs/ and history/ of the compile_check@ runs")
     ap.add_argument("--data", required=True, help="root holding MNIST/raw (the test images drawn)")
     ap.add_argument("--out", required=True, help="write the markdown report here")
     ap.add_argument("--figures", required=True, help="write the PNG figures into this directory")
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
                  history_dir=args.history, code_dir=args.published_path, errors_dir=args.errors,
                  precision_dir=args.precision, confirmation_dir=args.confirmation, search_dir=args.search,
                  data_root=args.data, report_path=args.out, figures_dir=args.figures, curves_path=args.curves,
-                 provenance_path=args.provenance)
+                 provenance_path=args.provenance, compile_check_dir=args.compile_check)
     print(f"wrote {args.out}, figures in {args.figures}, the curves to {args.curves}"
           + (f" and the provenance record to {args.provenance}" if args.provenance else ""))
 

@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
         "at the DVC project's root (dvc.yaml's stages; it outlives `dvc exp run --temp`)"))
     ap.add_argument("--mixed-precision", help="the precision this run must have instead of "
                     "launch.mixed_precision (the precision@ stages)")
+    ap.add_argument("--other-compile", action="store_true", help="train with train.compile's other value "
+                    "(the compile_check@ stages)")
     return ap
 
 
@@ -53,7 +55,10 @@ def main(argv=None) -> None:
     overrides = dict(QUICK) if args.quick else {}
     overrides.update({key: value for key, value in (("epochs", args.epochs), ("train_limit", args.train_limit),
                                                     ("test_limit", args.test_limit)) if value is not None})
-    train_and_write(load_params(args.params), args.variant, args.data, seed=args.seed, train_overrides=overrides,
+    params = load_params(args.params)
+    if args.other_compile:
+        overrides["compile"] = not params.train.compile
+    train_and_write(params, args.variant, args.data, seed=args.seed, train_overrides=overrides,
                     mixed_precision=args.mixed_precision, metrics=args.metrics, history=args.history,
                     model=args.model, errors=args.errors, checkpoint=args.checkpoint, resume=args.resume)
 

@@ -124,6 +124,8 @@ def test_dvc_stages_are_exactly_the_runs_params_fix(repo_root):
         f"published_path@{v}-{s}" for v in params.published_path.variants for s in params.published_path.seeds}
     assert {n for n in names if n.startswith("confirm@")} == {f"confirm@{s}" for s in params.confirmation.seeds}
     assert {n for n in names if n.startswith("precision@")} == {f"precision@{s}" for s in params.precision.seeds}
+    assert {n for n in names if n.startswith("compile_check@")} == {
+        f"compile_check@{v}-{s}" for v in params.compile_check.variants for s in params.compile_check.seeds}
 
 
 @pytest.mark.parametrize("mutate,expected", [

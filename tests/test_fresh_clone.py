@@ -103,6 +103,8 @@ def touched_by(params, variant: str) -> set:
     stages |= {f"published_path@{variant}-{s}" for s in params.published_path.seeds
                if variant in params.published_path.variants}
     stages |= {f"precision@{s}" for s in params.precision.seeds if params.precision.variant == variant}
+    stages |= {f"compile_check@{variant}-{s}" for s in params.compile_check.seeds
+               if variant in params.compile_check.variants}
     stages |= {f"confirm@{s}" for s in params.confirmation.seeds if params.confirmation.variant == variant}
     stages |= {"benchmark"} if params.benchmark.variant == variant else set()
     return stages | {"check_params", "compare", "report"}

@@ -17,7 +17,7 @@ from mnist_repro.config import load_params
 
 pytestmark = pytest.mark.slow  # every test here reads the one `dvc repro` of conftest's finished_pipeline
 
-TRAINING = ("train@", "seed@", "seed_slow@", "confirm@", "precision@", "published_path@")
+TRAINING = ("train@", "seed@", "seed_slow@", "confirm@", "precision@", "compile_check@", "published_path@")
 EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+)\b")
 
 
@@ -32,6 +32,7 @@ def expected_stages(root: Path) -> set:
             *(p.stage_of(v, s) for v in p.variants for s in p.seeds_of(v)),
             *(f"confirm@{s}" for s in p.confirmation.seeds),
             *(f"precision@{s}" for s in p.precision.seeds),
+            *(f"compile_check@{v}-{s}" for v in p.compile_check.variants for s in p.compile_check.seeds),
             *(f"published_path@{v}-{s}" for v in p.published_path.variants for s in p.published_path.seeds)}
 
 

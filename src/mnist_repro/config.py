@@ -75,6 +75,8 @@ class TrainConfig:
     holdout: int = 0
     sync_batchnorm: bool = True
     channels_last: bool = True
+    compile: bool = False            # torch.compile (inductor) the forward half of each training step
+    keep_freed_memory: bool = True   # glibc malloc keeps freed blocks for the next step (speed.py)
     cpu_threads: int = 0
 
     def __post_init__(self):
@@ -150,6 +152,20 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class CompileCheckConfig:
+    """Runs of some variants' seeds with train.compile's other value, compared with the same
+    seeds' main runs (stage compile_check@<variant>-<seed>)."""
+    variants: tuple
+    seeds: tuple
+    margin: float  # equivalence margin, percentage points of test accuracy
+
+    def __post_init__(self):
+        if not 0 < self.margin < 100:
+            raise ParamsError(f"compile_check.margin: must be a positive number of percentage points, "
+                              f"got {self.margin}")
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     variant: str
     steps: int
@@ -168,6 +184,7 @@ class Params:
     confirmation: ConfirmationConfig
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
+    compile_check: CompileCheckConfig
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -267,7 +284,7 @@ def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
 
 
 SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
-            "precision", "benchmark")
+            "precision", "benchmark", "compile_check")
 
 
 def parse_params(raw: Any) -> Params:
@@ -284,7 +301,8 @@ def parse_params(raw: Any) -> Params:
     defaults = _defaults(raw["defaults"])
     variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
     train = build(TrainConfig, raw["train"], "train")
-    pp_raw, conf_raw, prec_raw = (section(raw, s) for s in ("published_path", "confirmation", "precision"))
+    pp_raw, conf_raw, prec_raw, cc_raw = (section(raw, s) for s in ("published_path", "confirmation", "precision",
+                                                                     "compile_check"))
     precision = build(PrecisionConfig, {**prec_raw, "seeds": int_list(prec_raw.get("seeds"), "precision.seeds")},
                        "precision")
     params = Params(
@@ -300,6 +318,9 @@ def parse_params(raw: Any) -> Params:
             **conf_raw, "seeds": int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
         benchmark=build(BenchmarkConfig, raw["benchmark"], "benchmark"),
+        compile_check=build(CompileCheckConfig, {
+            **cc_raw, "variants": variant_list(cc_raw.get("variants"), "compile_check.variants", variants),
+            "seeds": int_list(cc_raw.get("seeds"), "compile_check.seeds")}, "compile_check"),
     )
     for key in ("confirmation", "precision", "benchmark"):
         name = getattr(params, key).variant

@@ -105,9 +105,11 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def launch_record(accelerator=None, *, sync_batchnorm: bool = False, holdout: int = 0) -> dict:
+def launch_record(accelerator=None, *, sync_batchnorm: bool = False, holdout: int = 0, compiled: bool = False,
+                  kept_memory: bool = False) -> dict:
     """What a result depends on beyond params: where and how it ran. No accelerator: one
-    plain process on the CPU (the published data path)."""
+    plain process on the CPU (the published data path). ``compiled``: train.compile;
+    ``kept_memory``: whether train.keep_freed_memory took effect (speed.keep_freed_memory)."""
     device = accelerator.device if accelerator else torch.device("cpu")
     return {
         "evaluated_on": f"holdout (last {holdout} training images)" if holdout else "test",
@@ -117,6 +119,8 @@ def launch_record(accelerator=None, *, sync_batchnorm: bool = False, holdout: in
         "device_name": describe_device(device),
         "mixed_precision": accelerator.mixed_precision if accelerator else "no",
         "sync_batchnorm": sync_batchnorm,
+        "compile": compiled,
+        "keep_freed_memory": kept_memory,
         "slot": os.environ.get(SLOT_ENV),
         "torch": torch.__version__,
     }

@@ -30,21 +30,39 @@ from .errors import DivergedError
 from .files import atomic_path, write_json
 from .launch import check_launch, cpu_threads_per_process, describe_device, make_accelerator, node_index
 from .models import build_model, count_parameters
+from .speed import check_compile, keep_freed_memory
 from .summary import launch_record, misclassified, segment, summarize, summary_lines
 
 LOG_EVERY = 20  # steps between progress-bar refreshes; each one costs a host-device sync
 QUICK = {"epochs": 1, "train_limit": 2048, "test_limit": 1000}  # stages/train.py --quick: a look, not a result
 
 
+def step_forward(model, cfg: TrainConfig, variant: VariantConfig):
+    """The forward half of a training step, ``(images uint8, labels) -> (summed loss, correct)``:
+    batch preparation and augmentation, the model, the loss and the step's accuracy count.
+    Under train.compile, torch.compile'd (inductor, static shapes: one graph for the full
+    batches, one more for an epoch's short last batch; later runs load both from inductor's
+    on-disk cache); backward then runs the compiled backward graph made with it."""
+    def forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(prepare_images(images, cfg, variant.augment))
+        return F.nll_loss(out, labels, reduction="sum"), (out.argmax(1) == labels).sum()
+
+    return torch.compile(forward, dynamic=False) if cfg.compile else forward
+
+
 def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainConfig,
-                    variant: VariantConfig, seed: int, epoch: int, accelerator: Accelerator) -> dict:
+                    variant: VariantConfig, seed: int, epoch: int, accelerator: Accelerator,
+                    forward=None) -> dict:
     """One pass over the training set; returns loss and accuracy over all processes.
 
     Each process's loss is its share's *sum* scaled by N / (global batch), so DDP's
     mean over N processes is exactly the mean over the global batch, however
     unevenly the last batch splits. The step itself never waits on the host: the
     loss and accuracy are read only when the progress bar refreshes (on a terminal).
+    ``forward``: the run's step_forward (built once, so a compiled one compiles once);
+    None builds it.
     """
+    forward = forward or step_forward(model, cfg, variant)
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
     dev = accelerator.device
@@ -59,10 +77,8 @@ def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainCon
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(bar):
         idx = batch.tensor_split(world)[rank]
-        x = prepare_images(data.images[idx], cfg, variant.augment)
         y = data.labels[idx]
-        out = model(x)
-        loss = F.nll_loss(out, y, reduction="sum")
+        loss, step_correct = forward(data.images[idx], y)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss * (world / len(batch)))
         optimizer.step()
@@ -74,7 +90,7 @@ def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainCon
         detached = loss.detach()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
         loss_sum += detached
-        correct += (out.argmax(1) == y).sum()
+        correct += step_correct
         seen += len(y)
         if live and step % LOG_EVERY == 0:
             if world == 1:  # N processes stop together, at the epoch's end
@@ -177,6 +193,9 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     accelerator = accelerator or make_accelerator()
     seed = cfg.seed if seed is None else seed
     world = accelerator.num_processes
+    if cfg.compile:
+        check_compile(accelerator.device)  # one line naming train.compile, before any work
+    kept_memory = cfg.keep_freed_memory and keep_freed_memory()
     # Same weights on every process (DDP would broadcast rank 0's anyway), then
     # per-process streams so every process draws its own augmentation and dropout.
     if accelerator.device.type == "cpu":
@@ -200,6 +219,7 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     optimizer = build_optimizer(model, variant)
     scheduler = build_scheduler(optimizer, variant, cfg.epochs, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    forward = step_forward(model, cfg, variant)
     set_seed(seed, device_specific=True)
 
     history, wall_before, segments, override = [], 0.0, [], None  # segments: earlier sessions'
@@ -223,7 +243,8 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
     start = time.perf_counter()
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        tr = train_one_epoch(model, optimizer, scheduler, train_data, cfg, variant, seed, epoch, accelerator)
+        tr = train_one_epoch(model, optimizer, scheduler, train_data, cfg, variant, seed, epoch, accelerator,
+                             forward)
         te = evaluate(raw_model, test_data, cfg, accelerator)
         seconds = time.perf_counter() - epoch_start  # training and test pass, not the checkpoint
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
@@ -244,7 +265,8 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
 
     metrics = summarize(history, variant=variant.name, params=params, seed=seed,
                         wall_seconds=wall_before + time.perf_counter() - start,
-                        launch=launch_record(accelerator, sync_batchnorm=sync_bn, holdout=cfg.holdout),
+                        launch=launch_record(accelerator, sync_batchnorm=sync_bn, holdout=cfg.holdout,
+                                             compiled=cfg.compile, kept_memory=kept_memory),
                         segments=segments)
     return RunResult(raw_model, history, metrics, checkpoint, test_data)
 

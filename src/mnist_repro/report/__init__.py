@@ -28,13 +28,14 @@ __all__ = ["ReportInputs", "build_report", "load_inputs", "render_report", "sear
 
 def build_report(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,
                  precision_dir, confirmation_dir, data_root, report_path, figures_dir, curves_path,
-                 search_dir=None, provenance_path=None) -> str:
+                 search_dir=None, provenance_path=None, compile_check_dir=None) -> str:
     """Read every input (any missing one stops it before a file is written), write the figures,
     the curves, the provenance record (when provenance_path is given) and the report; return the
     report's markdown."""
     inputs = load_inputs(params_path=params_path, reference_path=reference_path, table_dir=table_dir,
                          runs_dir=runs_dir, history_dir=history_dir, code_dir=code_dir, errors_dir=errors_dir,
-                         precision_dir=precision_dir, confirmation_dir=confirmation_dir, search_dir=search_dir)
+                         precision_dir=precision_dir, confirmation_dir=confirmation_dir, search_dir=search_dir,
+                         compile_check_dir=compile_check_dir)
     report_path, figures_dir = Path(report_path), Path(figures_dir)
     figures = write_figures(inputs, figures_dir, data_root)
     remove_stale(figures_dir, "*.png", figures.values())

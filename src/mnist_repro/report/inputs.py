@@ -12,6 +12,7 @@ from ..reference import Reference, load_reference
 from ..run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
                          read_searches, read_test_set_uses)
 from ..table import read_table
+from .compile_check import read_compile_check
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ReportInputs:
     searches: dict = field(default_factory=dict)      # variant -> its design search's record
     test_set_uses: list = field(default_factory=list)  # earlier uses of the test set (run_files.read_test_set_uses)
     provenance: dict = field(default_factory=dict)     # when each decision was fixed (provenance.build_record)
+    compile_check: dict = field(default_factory=dict)  # variant -> its compile_check@ runs; absent if not run
 
     @property
     def final_variant(self) -> VariantConfig:
@@ -49,7 +51,7 @@ class ReportInputs:
 
 
 def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,
-                precision_dir, confirmation_dir, search_dir=None) -> ReportInputs:
+                precision_dir, confirmation_dir, search_dir=None, compile_check_dir=None) -> ReportInputs:
     params = load_params(params_path)
     runs = read_runs(params, runs_dir)
     return ReportInputs(params=params, reference=load_reference(reference_path),
@@ -61,4 +63,5 @@ def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir
                         confirmation=read_confirmation(params, confirmation_dir),
                         searches=read_searches(params, search_dir) if search_dir else {},
                         test_set_uses=read_test_set_uses(search_dir) if search_dir else [],
-                        provenance=build_record(params_path, Path(runs_dir).parent))
+                        provenance=build_record(params_path, Path(runs_dir).parent),
+                        compile_check=read_compile_check(params, compile_check_dir) if compile_check_dir else {})

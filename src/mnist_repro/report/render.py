@@ -10,6 +10,7 @@ from .confirmation import confirmation_section
 from .decisions import provenance_section
 from .epochs import gap_section, outside_section
 from .inputs import ReportInputs
+from .compile_check import compile_check_section
 from .machine import model_cards, precision_section, runs_section, steps_section, wall_time_section
 from .outputs import MISCLASSIFIED_SHOWN
 from .paths import published_path_section
@@ -98,6 +99,8 @@ def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Pa
              "The drill-down, one step per variant:", "", *steps_section(inputs.params, inputs.reference), "",
              *verdict_sections(inputs), *search_sections(inputs), *curve_sections(inputs, link_to),
              "## Mixed precision", "", *precision_section(inputs.params, inputs.precision), "",
+             "## Compiled against eager", "", *compile_check_section(inputs.params, inputs.runs, inputs.compile_check,
+                                                                     inputs.how_to_run), "",
              "## Wall time", "", *wall_time_section(inputs), "",
              f"## Misclassified test images: {inputs.final_variant.name}", "", *misclassified_section(inputs, link_to),
              "", "## Model cards", "", *model_cards(inputs.params)]
