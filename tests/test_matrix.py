@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
-from conftest import DVC, git_commit, git_init, init_project, project_env, repo_variants, sh, without_timing
+from conftest import DVC, REPO, git_commit, git_init, init_project, project_env, repo_variants, sh, without_timing
 
 from mnist_repro.slots import Slot, SlotError, SlotPool, core_ranges, host_slots
 
@@ -104,6 +107,178 @@ def test_a_task_outside_its_stage_list_is_refused_with_the_fix(tmp_path, capsys)
                                        f"`python -m mnist_repro.matrix prepare --out {tmp_path}/none.txt`\n")
 
 
+# --- slot settings: nonsense is refused, each with one line ------------------------------------
+
+@pytest.mark.parametrize("argv,env,said", [
+    (["--cores-per-slot", "0"], {"MNIST_REPRO_GPUS": ""},
+     "--cores-per-slot 0: a run needs at least 1 core; use 1 to "),
+    (["--cores-per-slot", "-2"], {"MNIST_REPRO_GPUS": ""}, "--cores-per-slot -2: a run needs at least 1 core"),
+    (["--cores-per-slot", "1"], {"MNIST_REPRO_GPUS": "0,1"},
+     "--cores-per-slot 1: this host's slots are its GPUs (0,1)"),
+    (["--jobs", "0"], {"MNIST_REPRO_GPUS": "0,1"}, "--jobs 0: this host has 2 slot(s) (gpu:0, gpu:1); use 1 to 2"),
+    ([], {"MNIST_REPRO_GPUS": "0,0"}, "GPUs 0,0: a GPU is named twice"),
+    (["--lock-dir", "{tmp}/typo"], {"MNIST_REPRO_GPUS": ""}, "--lock-dir {tmp}/typo: no such directory; create it"),
+    (["--lock-dir", "{tmp}/file"], {"MNIST_REPRO_GPUS": ""}, "--lock-dir {tmp}/file: not a directory"),
+])
+def test_nonsense_slot_settings_are_refused_in_one_line(argv, env, said, tmp_path, monkeypatch, capsys):
+    """Before any DVC command runs (each case would otherwise plan, or run, on settings it did not ask for)."""
+    from mnist_repro import cli, matrix
+
+    (tmp_path / "file").write_text("")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(matrix, "pending", lambda *a, **k: pytest.fail("planned despite the bad setting"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(matrix.main, ["--root", str(REPO), "run", *(a.format(tmp=tmp_path) for a in argv)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: " + said.format(tmp=tmp_path)), err
+
+
+# --- the plan, from `dvc dag --dot` and `dvc status --json` ---------------------------------------
+
+DOT = """strict digraph {
+"check_params";
+"download";
+"train@a";
+"seed@a-2";
+"compare";
+"check_params" -> "train@a";
+"download" -> "train@a";
+"check_params" -> "seed@a-2";
+"download" -> "seed@a-2";
+"train@a" -> "compare";
+"seed@a-2" -> "compare";
+}
+"""
+MISSING_DATA = [{"changed outs": {"data/MNIST/raw": "not in cache"}}]
+
+
+def test_the_plan_is_what_dvc_status_reports_and_everything_after_it():
+    from mnist_repro.matrix import make_plan, read_dag
+
+    stages, deps = read_dag(DOT)
+    assert stages == ["check_params", "download", "train@a", "seed@a-2", "compare"]
+    assert deps["compare"] == {"train@a", "seed@a-2"} and deps["download"] == set()
+    changed = [{"changed deps": {"src/x.py": "modified"}}]
+    plan = make_plan(stages, deps, {"seed@a-2": changed})
+    assert plan.order == ["seed@a-2", "compare"] and plan.waits == {"seed@a-2": set(), "compare": {"seed@a-2"}}
+    plan = make_plan(stages, deps, {"download": changed})          # new code in download: all after it
+    assert plan.order == ["download", "train@a", "seed@a-2", "compare"]
+    assert plan.waits["compare"] == {"download", "train@a", "seed@a-2"}
+    assert make_plan(stages, deps, {"download": changed}, targets=["train@a"]).order == ["download", "train@a"]
+
+
+def test_a_fresh_clone_plans_the_data_and_the_missing_weights_not_every_run():
+    """Only download's outputs missing (a clone): it reruns and restores the same SHA-256-pinned files,
+    so the stages after it are pending only for reasons of their own (train@a: its weights)."""
+    from mnist_repro.matrix import make_plan, read_dag
+
+    stages, deps = read_dag(DOT)
+    weights = [{"changed outs": {"models/a.pt": "not in cache"}}]
+    plan = make_plan(stages, deps, {"download": MISSING_DATA, "train@a": weights})
+    assert plan.order == ["download", "train@a", "compare"]
+    assert plan.waits["train@a"] == {"download"} and plan.generated() == ["train@a"]
+
+
+def test_the_matrix_reads_dvc_through_its_command_line_only():
+    """No DVC internals (repo.index.graph, networkx): `dvc dag --dot` and `dvc status --json`, whose
+    forms DVC documents, so a DVC release cannot change the plan silently."""
+    import ast
+
+    for module in ("matrix", "slots", "estimate"):
+        tree = ast.parse((REPO / "src" / "mnist_repro" / f"{module}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert not imported & {"dvc", "networkx"}, (module, imported)
+
+
+def test_a_dag_in_a_form_the_reader_does_not_know_stops_it_rather_than_planning_without_edges():
+    from mnist_repro.matrix import MatrixError, read_dag
+
+    with pytest.raises(MatrixError, match=r"printed a line this reader does not know: 'a -> b \[weight=1\];'"):
+        read_dag('strict digraph {\n"a";\n"b";\na -> b [weight=1];\n}\n')
+
+
+def test_an_unknown_target_is_refused_with_the_fix():
+    from mnist_repro.matrix import MatrixError, make_plan, read_dag
+
+    with pytest.raises(MatrixError, match=r"^train@b: no such stage in dvc.yaml; `dvc stage list` names them$"):
+        make_plan(*read_dag(DOT), {}, targets=["train@b"])
+
+
+# --- estimates: the committed runs' wall times ---------------------------------------------------
+
+def run_file(variant: str, seconds: float, device: str, epochs: int = 15, **extra) -> dict:
+    return {"variant": variant, "data_path": "ours", "mixed_precision": "no", "epochs": epochs,
+            "train_images": 60000, "device_name": device, "wall_seconds": seconds, **extra}
+
+
+def test_an_estimate_is_the_median_of_like_runs_on_this_kind_of_device_scaled_to_the_params():
+    from mnist_repro.config import load_params
+    from mnist_repro.estimate import Estimator, Recipe
+
+    params = load_params(REPO / "params.yaml")
+    runs = [run_file("skeleton", s, "AMD EPYC (1 cores)") for s in (100, 300, 200)]
+    runs += [run_file("skeleton", 50, "NVIDIA H200"), run_file("skeleton", 7000, "AMD EPYC (1 cores)", epochs=30)]
+    runs += [run_file("skeleton", 999, "AMD EPYC (1 cores)", mixed_precision="bf16")]
+    scale = params.train.epochs * (params.train.train_limit or 60000) / 60000   # per epoch of the runs' 60000 images
+    ours = Recipe("skeleton", "ours", "no")
+    here = Estimator(runs, params, "AMD EPYC (1 cores)")(ours)
+    assert (here.runs, here.device) == (4, "AMD EPYC (1 cores)")
+    assert here.seconds == pytest.approx(statistics.median([100 / 15, 300 / 15, 200 / 15, 7000 / 30]) * scale)
+    gpu = Estimator(runs, params, "NVIDIA H200")(ours)
+    assert (gpu.seconds, gpu.runs) == (pytest.approx(50 / 15 * scale), 1)
+    other = Estimator(runs, params, "AMD EPYC (4 cores)")(ours)         # the same CPU model, other cores
+    assert other.device == "AMD EPYC (1 cores)" and other.runs == 4
+    assert Estimator(runs, params, "AMD EPYC (1 cores)")(Recipe("dropout", "ours", "no")) is None
+
+
+def test_the_projection_follows_the_matrix_order_waits_and_slots():
+    from mnist_repro.estimate import duration, makespan
+
+    waits = {"d": set(), "a": {"d"}, "b": {"d"}, "c": {"d"}, "bench": {"d"}, "t": {"a", "b", "c"}}
+    seconds = {"d": 10, "a": 100, "b": 60, "c": 60, "bench": 30, "t": 5}
+    order = ["d", "a", "b", "c", "bench", "t"]
+    assert makespan(order, waits, seconds, 1) == 265
+    # two slots: a on one, b then c on the other (ends 130), the benchmark alone at 130, t after it
+    assert makespan(order, waits, seconds, 2, alone=("bench",)) == 10 + 120 + 30 + 5
+    assert makespan(["t"], {"t": set()}, {"t": 5}, 2, busy=[40.0, 3.0]) == 40
+    assert [duration(s) for s in (42, 600, 12_000)] == ["42 s", "10 min", "3.3 h"]
+
+
+def test_the_time_left_follows_the_finished_runs_and_the_running_runs_epochs():
+    from mnist_repro.matrix import Progress, make_plan, read_dag
+
+    changed = [{"changed deps": {"src/x.py": "modified"}}]
+    plan = make_plan(*read_dag(DOT), {"train@a": changed, "seed@a-2": changed})
+    progress = Progress(plan, {"train@a": 100.0, "seed@a-2": 100.0}, slots=1)
+    assert progress.left({}, 0.0) == 200
+    progress.done.add("train@a")
+    progress.measured["train@a"] = 200.0                 # took twice its estimate: so will the next
+    assert progress.left({}, 0.0) == 200
+    progress.epoch("seed@a-2", 1, 4)                     # started at 0, epoch 1 of 4 logged at 20 s
+    assert progress.left({"seed@a-2": 0.0}, 20.0) == 60
+    assert progress.line({"seed@a-2": 0.0}, 20.0) == "[1/2 runs done, 1 running, about 60 s left]"
+
+
+@pytest.mark.slow
+def test_every_run_of_the_table_and_its_checks_has_a_recipe_to_estimate():
+    """Each stage of the groups estimate.stage_recipes knows is a stage of dvc.yaml, and each of
+    dvc.yaml's stages of those groups has a recipe (a group it does not know is 'not estimated')."""
+    from mnist_repro.config import load_params
+    from mnist_repro.estimate import committed_runs, stage_recipes
+
+    listed = sh([*DVC, "stage", "list", "--name-only"], REPO, os.environ.copy()).stdout.split()
+    recipes = stage_recipes(load_params(REPO / "params.yaml"))
+    groups = {"train", "seed", "seed_slow", "confirm", "precision", "published_path"}
+    assert set(recipes) == {s for s in listed if s.split("@")[0] in groups}
+    variants = {(r["variant"], r["data_path"], r["mixed_precision"]) for r in committed_runs(REPO)}
+    assert {(r.variant, r.data_path, r.mixed_precision) for r in recipes.values()} <= variants
+
+
 # --- a tiny DVC project whose stages record what they see ---------------------------------------
 
 SEES = ("import json, os, sys, time; start = time.time(); time.sleep(float(sys.argv[2])); "
@@ -130,6 +305,14 @@ def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -
     sh([*DVC, "init", "-q"], root, env)
     git_commit(root, env, "tiny project")
     return root
+
+
+@pytest.fixture
+def lock_dir(tmp_path) -> Path:
+    """A lock directory for the slots (--lock-dir must name an existing one), private to the test."""
+    path = tmp_path / "locks"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -163,10 +346,10 @@ def assert_clean_and_locked(root: Path, env: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, tiny_env):
+def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, tiny_env, lock_dir):
     root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6, "c": 0}, benchmark=True)
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
-    proc = sh([*MATRIX, "run", "--jobs", "2", "--cores-per-slot", "1", "--lock-dir", tmp_path / "locks"], root, env)
+    proc = sh([*MATRIX, "run", "--jobs", "2", "--cores-per-slot", "1", "--lock-dir", lock_dir], root, env)
     runs = seen(root)
     assert set(runs) == {"a", "b", "c", "benchmark"}
     alone = runs.pop("benchmark")                        # a timing stage: both cores, nothing beside it
@@ -181,12 +364,12 @@ def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(
 
 
 @pytest.mark.slow
-def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_env):
+def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_env, lock_dir):
     root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6})
     env = {**tiny_env, "MNIST_REPRO_GPUS": "0,1"}
-    dry = sh([*MATRIX, "run", "--dry", "--lock-dir", tmp_path / "locks"], root, env).stdout
+    dry = sh([*MATRIX, "run", "--dry", "--lock-dir", lock_dir], root, env).stdout
     assert "4 stage(s) to run, 2 at a time in gpu:0, gpu:1" in dry
-    sh([*MATRIX, "run", "--lock-dir", tmp_path / "locks"], root, env)
+    sh([*MATRIX, "run", "--lock-dir", lock_dir], root, env)
     runs = seen(root)
     assert overlapping(runs) == [("a", "b")]
     assert sorted((r["gpus"], r["slot"]) for r in runs.values()) == [("0", "gpu:0"), ("1", "gpu:1")]
@@ -195,10 +378,10 @@ def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_e
 
 
 @pytest.mark.slow
-def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny_env):
+def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny_env, lock_dir):
     root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60, "b": 30, "c": 1})
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
-    cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", tmp_path / "locks")]
+    cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir)]
     runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     victim = None
@@ -226,6 +409,106 @@ def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny
     again = sh(cmd, root, env)                           # the same command: only what is left
     assert [line.split()[1] for line in again.stdout.splitlines() if line.startswith("start")] == ["t@a", "gather"]
     assert_clean_and_locked(root, tiny_env)
+
+
+@pytest.mark.slow
+def test_a_partial_run_says_what_is_stale_and_the_run_that_completes_it_runs_gather(tmp_path, tiny_env, lock_dir):
+    """`run t@a` leaves t@b and gather stale and says so (as `dvc status` does); `run t@b` then
+    finishes everything gather depends on, so gather runs too and `dvc status` is clean."""
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 0, "b": 0})
+    env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
+    cmd = [*MATRIX, "run", "--lock-dir", lock_dir]
+    first = sh([*cmd, "t@a"], root, env).stdout
+    assert [line.split()[1] for line in first.splitlines() if line.startswith("start")] == ["up", "t@a"]
+    assert first.splitlines()[-1].startswith("done: 2 stage(s) recorded in dvc.lock; still stale (`dvc status`): "
+                                             "gather, t@b; "), first      # dvc.yaml's order (keys sorted)
+    assert set(json.loads(sh([*DVC, "status", "--json"], root, tiny_env).stdout)) == {"t@b", "gather"}
+    second = sh([*cmd, "t@b"], root, env).stdout
+    assert [line.split()[1] for line in second.splitlines() if line.startswith("start")] == ["t@b", "gather"]
+    assert "then gather: every stage they depend on is up to date now" in second
+    assert second.splitlines()[-1] == "done: 2 stage(s) recorded in dvc.lock; `dvc status`: up to date", second
+    assert_clean_and_locked(root, tiny_env)
+
+
+# A stage that trains epochs of a given length, saves each finished one (ck/<name>), resumes after
+# the last saved, and on a Ctrl-C says in one line what it saved (the training stage's contract).
+EPOCHS = """import os, signal, sys, time
+name, epochs, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ck = os.path.join("ck", name)
+saved = int(open(ck).read()) if os.path.exists(ck) else 0
+def stop(signum, frame):
+    print(f"interrupted: epochs 1-{saved} saved in {ck}; the rerun resumes after epoch {saved}" if saved else
+          "interrupted: no epoch finished, nothing saved; the rerun starts at epoch 1", flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+if saved:
+    print(f"resuming after epoch {saved}", flush=True)
+for k in range(saved + 1, epochs + 1):
+    time.sleep(seconds)
+    print(f"{name} epoch {k}/{epochs}", flush=True)
+    os.makedirs("ck", exist_ok=True)
+    open(ck, "w").write(str(k))
+    saved = k
+open(os.path.join("out", name), "w").write(str(saved))
+"""
+
+
+def epochs_project(root: Path, env: dict, runs: dict) -> Path:
+    """up -> e@<name> (python epochs.py <name> <epochs> <seconds>) -> gather."""
+    root.mkdir(parents=True)
+    (root / "epochs.py").write_text(EPOCHS)
+    (root / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    (root / ".gitignore").write_text("/ck/\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "up": {"cmd": "echo up > up.txt", "outs": ["up.txt"]},
+        "e": {"foreach": runs, "do": {"cmd": "python epochs.py ${key} ${item}", "deps": ["up.txt", "epochs.py"],
+                                      "outs": [{"out/${key}": {"cache": False}}]}},
+        "gather": {"cmd": "cat out/* > all.txt", "deps": ["out"], "outs": ["all.txt"]}}}))
+    (root / "out").mkdir()
+    git_init(root, env)
+    sh([*DVC, "init", "-q"], root, env)
+    git_commit(root, env, "epochs project")
+    return root
+
+
+@pytest.mark.slow
+def test_after_a_ctrl_c_the_matrix_says_what_each_run_saved_and_the_rerun_does_that(tmp_path, tiny_env, lock_dir):
+    root = epochs_project(tmp_path / "epochs", tiny_env, {"a": "5 1", "b": "2 90"})
+    env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
+    cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir)]
+    runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = []
+    reader = threading.Thread(target=lambda: printed.extend(runner.stdout), daemon=True)
+    reader.start()
+    log_a = root / ".dvc" / "tmp" / "matrix" / "e@a.log"
+    deadline = time.monotonic() + 180
+    while not (any(line.startswith("epoch  e@a") for line in printed) and "a epoch 2/5" in log_a.read_text()):
+        assert runner.poll() is None and time.monotonic() < deadline, printed
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGINT)                   # a terminal's Ctrl-C reaches the matrix ...
+    err = runner.stderr.read()                          # (stdout is the reader's)
+    runner.wait(timeout=180)
+    reader.join(timeout=30)
+    out = "".join(printed)
+    assert runner.returncode == 130, (out, err)
+    assert "nothing was saved" not in out + err         # ... which speaks for each run, not for itself
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("interrupted:"))
+    said = {line.split()[0]: line.strip() for line in lines[first + 1:] if line.strip()}
+    assert out.splitlines()[-1].startswith("run the same command to go on"), out
+    saved = re.search(r"e@a stopped: interrupted: epochs 1-(\d+) saved in ck/a; the rerun resumes after epoch \1 ",
+                      said["e@a"])
+    assert saved, out
+    assert said["e@b"].startswith("e@b stopped: interrupted: no epoch finished, nothing saved; "), out
+    assert said["1"] == "1 stage(s) not started", out          # gather
+    assert re.search(r"^epoch  e@a \d/5 in cpu:\d \[0/2 runs done, 2 running\]$", out, re.M), out   # progress
+
+    (root / "dvc.yaml").write_text((root / "dvc.yaml").read_text().replace("2 90", "2 0"))
+    again = sh(cmd, root, env).stdout                    # the same command: what each said
+    logs = {name: (root / ".dvc" / "tmp" / "matrix" / f"e@{name}.log").read_text() for name in "ab"}
+    assert f"resuming after epoch {saved[1]}" in logs["a"] and "resuming" not in logs["b"], logs
+    assert [line.split()[1] for line in again.splitlines() if line.startswith("start")] == ["e@a", "e@b", "gather"]
+    assert again.splitlines()[-1] == "done: 3 stage(s) recorded in dvc.lock; `dvc status`: up to date", again
 
 
 # --- the real pipeline on a slice: the matrix against a serial `dvc repro` -------------------------
@@ -273,13 +556,17 @@ def run_files(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env):
+def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lock_dir):
     parallel = tmp_path / "parallel"
     env = project_env(parallel, cpu_env)
     make_matrix_project(parallel, env)
-    proc = sh([*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", tmp_path / "locks"], parallel, env,
+    proc = sh([*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir], parallel, env,
               timeout=1200)
-    starts = [line.split()[1:4:2] for line in proc.stdout.splitlines() if line.startswith("start")]
+    lines = proc.stdout.splitlines()
+    first_run = next(i for i, line in enumerate(lines) if line.startswith("start  train@"))
+    assert any(re.match(rf"{len(TRAINING)} training run\(s\) pending\b", line) for line in lines[:first_run]), lines
+    assert max(map(len, lines)) <= 120, [line for line in lines if len(line) > 120]
+    starts = [line.split()[1:4:2] for line in lines if line.startswith("start")]
     assert {stage for stage, _ in starts} == {"check_params", "download", *TRAINING, "benchmark", "compare",
                                               "report"}
     assert {slot for stage, slot in starts if stage in TRAINING} == {"cpu:0", "cpu:1"}

@@ -92,6 +92,15 @@ def host_slots(width: int, *, gpus: tuple[str, ...] | None = None, cores: tuple[
     one per process, `width`), consecutive so a slot stays on one socket where it can."""
     gpus = visible_gpus() if gpus is None else tuple(gpus)
     cores = allowed_cores() if cores is None else tuple(sorted(cores))
+    if len(set(gpus)) < len(gpus):
+        raise SlotError(f"GPUs {','.join(gpus)}: a GPU is named twice; name each once in {GPUS_ENV} "
+                        "or CUDA_VISIBLE_DEVICES")
+    if cores_per_slot is not None and cores_per_slot < 1:
+        raise SlotError(f"--cores-per-slot {cores_per_slot}: a run needs at least 1 core; use 1 to {len(cores)}, "
+                        "or leave it out for one core per process")
+    if gpus and cores_per_slot is not None:
+        raise SlotError(f"--cores-per-slot {cores_per_slot}: this host's slots are its GPUs ({','.join(gpus)}), each "
+                        f"with an equal share of the cores; leave it out, or set {GPUS_ENV}= (empty) for CPU slots")
     if gpus:
         if len(gpus) < width:
             raise SlotError(f"launch.num_processes is {width} but this host shows {len(gpus)} GPU(s); "
@@ -101,7 +110,7 @@ def host_slots(width: int, *, gpus: tuple[str, ...] | None = None, cores: tuple[
         return [Slot("gpu:" + ",".join(gpus[i * width:(i + 1) * width]),
                      cores[(i * share) % len(cores):][:share] or cores, tuple(gpus[i * width:(i + 1) * width]))
                 for i in range(n)]
-    per = cores_per_slot or width
+    per = width if cores_per_slot is None else cores_per_slot
     if per < width:
         raise SlotError(f"--cores-per-slot {per} is fewer than launch.num_processes ({width}) processes per run; "
                         f"give each run at least {width} cores")
@@ -110,6 +119,21 @@ def host_slots(width: int, *, gpus: tuple[str, ...] | None = None, cores: tuple[
                         f"use at most {len(cores)}")
     return [Slot(f"cpu:{core_ranges(cores[i * per:(i + 1) * per])}", cores[i * per:(i + 1) * per], ())
             for i in range(len(cores) // per)]
+
+
+def check_lock_dir(path: Path) -> None:
+    """A lock directory a user names must exist and be writable: a typo would otherwise give
+    this command slots of its own, shared with no other matrix command on the host."""
+    path = Path(path)
+    if not path.exists():
+        raise SlotError(f"--lock-dir {path}: no such directory; create it (every matrix command on this host "
+                        f"must name the same one) or leave it out for {default_lock_dir()}")
+    if not path.is_dir():
+        raise SlotError(f"--lock-dir {path}: not a directory; name a directory, or leave it out for "
+                        f"{default_lock_dir()}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SlotError(f"--lock-dir {path}: this user cannot create files there; name a writable directory, "
+                        f"or leave it out for {default_lock_dir()}")
 
 
 def default_lock_dir() -> Path:
@@ -122,8 +146,12 @@ class SlotPool:
 
     def __init__(self, slots: list[Slot], lock_dir: Path | None = None):
         self.slots = list(slots)
-        self.lock_dir = Path(lock_dir or default_lock_dir())
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        if lock_dir is None:
+            self.lock_dir = default_lock_dir()
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            check_lock_dir(lock_dir)
+            self.lock_dir = Path(lock_dir)
         self._held: dict[str, int] = {}
 
     def take(self) -> Slot | None:

@@ -71,9 +71,13 @@ def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainCon
     seen = 0
     bad_step = torch.full((), -1, device=dev, dtype=torch.long)  # first non-finite step, no sync
     batches = global_batches(len(data), cfg.batch_size, seed, epoch, dev)
-    # In a log file (dvc repro's output) a bar writes a line per refresh: print per epoch instead.
-    live = accelerator.is_local_main_process and sys.stderr.isatty()
-    bar = tqdm(batches, disable=not live, leave=False, desc=f"{variant.name} epoch {epoch}", dynamic_ncols=True)
+    # A bar only on a terminal: stderr, or stdout where the launcher pipes stderr (Accelerate
+    # tees it: mnist_repro.launch, also under `dvc repro`). In a log file (the matrix's logs, a
+    # captured output) a bar writes a line per refresh: print per epoch instead.
+    tty = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
+    live = accelerator.is_local_main_process and tty is not None
+    bar = tqdm(batches, disable=not live, file=tty, leave=False, desc=f"{variant.name} epoch {epoch}",
+               dynamic_ncols=True)
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(bar):
         idx = batch.tensor_split(world)[rank]
