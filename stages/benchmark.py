@@ -1,4 +1,5 @@
-"""DVC stage benchmark: our training path vs the published DataLoader path, side by side."""
+"""DVC stage benchmark: each training path (published, eager, default, mixed precision, compiled) side by side,
+each repeat in its own process (mnist_repro.benchmark)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The benchmark stage's measurement on a slice: benchmark.steps 0 times one whole epoch (its
-short last batch included) on all three paths, fp32, bf16 and the published DataLoader."""
+short last batch included) on every path, each repeat of each path in its own process: the
+published DataLoader path, our eager path as it ran before the speed levers, the default
+(params.yaml's train settings), the default under bf16 autocast, and the compiled path."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from mnist_repro import benchmark
 from mnist_repro.benchmark import run_benchmark
 from mnist_repro.config import load_params
 from mnist_repro.errors import ParamsError
-from mnist_repro.launch import make_accelerator
+from mnist_repro.launch import cpu_threads_per_process
 
-IMAGES, BATCH, REPEATS = 500, 128, 2  # one epoch: 4 steps, the last of 116 images
+IMAGES, TEST, BATCH, REPEATS = 500, 200, 128, 2  # one epoch: 4 steps, the last of 116 images
 EPOCH_BATCHES = [128, 128, 128, 116]
 ROUNDING = 0.005  # seconds are recorded to 2 decimals, rates to 1 and speed-ups to 2
+PATHS = ["published", "eager", "default", "default_bf16", "compiled"]
 
 
 def median_bounds(seconds: list) -> tuple[float, float]:
@@ -39,79 +42,80 @@ def assert_ratio(ratio: float, numerator: list, denominator: list) -> None:
 @pytest.fixture(scope="module")
 def small(repo_root):
     params = load_params(repo_root / "params.yaml")
-    cfg = dataclasses.replace(params.train, train_limit=IMAGES, test_limit=200, batch_size=BATCH)
+    cfg = dataclasses.replace(params.train, train_limit=IMAGES, test_limit=TEST, batch_size=BATCH)
     return params.variant("lr_scheduler"), cfg
 
 
 @pytest.fixture(scope="module")
 def one_epoch(small, mnist_root):
-    """run_benchmark(steps=0) with every training pass it times recorded: ours (train_one_epoch,
-    with the autocast it ran under) and the baseline's training batches."""
+    """run_benchmark(steps=0): every path, REPEATS times, each in its own process."""
     variant, cfg = small
-    ours, baseline, logs = [], [], []
-    real_epoch, real_loader = benchmark.train_one_epoch, benchmark.published_loader
-
-    def epoch_spy(model, optimizer, scheduler, data, *args):
-        device = data.images.device.type
-        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        result = real_epoch(model, optimizer, scheduler, data, *args)
-        ours.append({"images": result["images"], "steps": result["steps"], "autocast": autocast})
-        return result
-
-    def loader_spy(*args, train, **kwargs):
-        batches = baseline if train else []
-        if train:
-            baseline.append([])
-        for x, y in real_loader(*args, train=train, **kwargs):
-            if train:
-                batches[-1].append(len(y))
-            yield x, y
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "train_one_epoch", epoch_spy)
-        mp.setattr(benchmark, "published_loader", loader_spy)
-        result = run_benchmark(variant, cfg, mnist_root, steps=0, repeats=REPEATS, accelerator=make_accelerator(),
-                               mixed_precision="bf16", log=logs.append)
-    return dict(result=result, ours=ours, baseline=baseline, logs=logs)
+    assert not cfg.compile and cfg.keep_freed_memory  # the default these tests describe (params.yaml)
+    logs = []
+    result = run_benchmark(variant, cfg, mnist_root, steps=0, repeats=REPEATS, mixed_precision="bf16",
+                           log=logs.append)
+    return dict(result=result, logs=logs)
 
 
-def test_steps_zero_times_one_whole_epoch_on_every_path(one_epoch):
-    result = one_epoch["result"]
+@pytest.mark.slow
+def test_steps_zero_times_one_whole_epoch_on_every_path(one_epoch, small):
+    result, threads = one_epoch["result"], cpu_threads_per_process(small[1].cpu_threads)
     assert result["variant"] == "lr_scheduler" and result["steps"] == len(EPOCH_BATCHES)
-    assert result["batch_size"] == BATCH and result["repeats"] == REPEATS
-    # REPEATS timed passes each of fp32 and bf16, then the profile's: all of the whole epoch
-    assert [(p["images"], p["steps"]) for p in one_epoch["ours"]] == [(IMAGES, 4)] * (2 * REPEATS + 1)
-    assert one_epoch["baseline"] == [EPOCH_BATCHES] * REPEATS
-    assert len(one_epoch["logs"]) == 3 * REPEATS
+    assert result["batch_size"] == BATCH and result["repeats"] == REPEATS and result["baseline"] == "published"
+    assert list(result["paths"]) == PATHS and result["skipped"] == {}
+    for name, row in result["paths"].items():
+        # the published row's batches are the ones its DataLoader yielded
+        assert (row["images"], row["steps"], row["batches"]) == (IMAGES, 4, EPOCH_BATCHES), name
+        assert len(row["train_seconds"]) == len(row["test_seconds"]) == REPEATS
+        assert row["torch_threads"] == threads  # train.cpu_threads, on every path
 
 
-def test_the_bf16_row_is_ours_under_bf16_autocast(one_epoch):
-    precisions = [p["autocast"] for p in one_epoch["ours"]]
-    assert precisions.count(torch.bfloat16) == REPEATS and precisions.count(None) == REPEATS + 1
-    for part, images in (("train", IMAGES), ("test", 200)):
-        r = one_epoch["result"][part]
-        assert all(len(r[f"{path}_seconds"]) == REPEATS for path in ("ours", "ours_bf16", "baseline"))
-        assert_rate(r["ours_bf16_images_per_s"], images, r["ours_bf16_seconds"])
-        assert_ratio(r["bf16_speedup"], r["ours_seconds"], r["ours_bf16_seconds"])
+@pytest.mark.slow
+def test_repeats_alternate_which_path_goes_first(one_epoch):
+    order = [line.split()[2].rstrip(":") for line in one_epoch["logs"]]
+    assert order == PATHS + PATHS[1:] + PATHS[:1]
 
 
-def test_throughputs_are_of_the_images_timed(one_epoch):
+@pytest.mark.slow
+def test_each_path_runs_with_its_own_settings(one_epoch):
+    rows = one_epoch["result"]["paths"]
+    assert (rows["eager"]["compile"], rows["eager"]["keep_freed_memory"]) == (False, False)
+    assert (rows["published"]["compile"], rows["published"]["keep_freed_memory"]) == (False, False)
+    assert (rows["default"]["compile"], rows["default"]["keep_freed_memory"]) == (False, True)  # glibc here
+    assert rows["compiled"]["compile"] is True
+    assert [rows[p]["autocast"] for p in PATHS] == [None, None, None, "bfloat16", None]
+
+
+@pytest.mark.slow
+def test_warmup_is_timed_apart_from_the_steady_state(one_epoch):
+    rows = one_epoch["result"]["paths"]
+    assert rows["published"]["warmup_seconds"] is None  # its loader's start-up is in every epoch, as published
+    for name in PATHS[1:]:
+        assert len(rows[name]["warmup_seconds_each"]) == REPEATS and rows[name]["warmup_seconds"] > 0
+    # compiling (even from inductor's on-disk cache) costs more than an eager step or two
+    assert rows["compiled"]["warmup_seconds"] > rows["eager"]["warmup_seconds"]
+
+
+@pytest.mark.slow
+def test_throughputs_and_speedups_are_of_the_images_timed(one_epoch):
     result = one_epoch["result"]
-    for part, images in (("train", IMAGES), ("test", 200)):
-        r = result[part]
+    base = result["paths"]["published"]
+    for name, row in result["paths"].items():
         # 500 images in 4 steps: the images/s are of 500 images, not 4 x 128
-        assert_rate(r["ours_images_per_s"], images, r["ours_seconds"])
-        assert_rate(r["baseline_images_per_s"], images, r["baseline_seconds"])
-        assert_ratio(r["speedup"], r["baseline_seconds"], r["ours_seconds"])
+        assert_rate(row["train_images_per_s"], IMAGES, row["train_seconds"])
+        assert_rate(row["test_images_per_s"], TEST, row["test_seconds"])
+        assert_ratio(row["train_speedup"], base["train_seconds"], row["train_seconds"])
+        assert_ratio(row["test_speedup"], base["test_seconds"], row["test_seconds"])
     # the timed pass is the whole epoch, so an epoch takes what it took
-    assert result["epoch_seconds_ours"] == pytest.approx(statistics.median(result["train"]["ours_seconds"]),
-                                                         abs=0.06)
+    assert result["epoch_seconds_default"] == pytest.approx(
+        statistics.median(result["paths"]["default"]["train_seconds"]), abs=0.06)
 
 
-def test_memory_and_profile_describe_our_training_step(one_epoch):
+@pytest.mark.slow
+def test_memory_and_profile_describe_the_default_training_step(one_epoch):
     result = one_epoch["result"]
-    assert 0 < result["peak_rss_mib_ours"] <= result["peak_rss_mib_process"]
-    profile = result["profile_ours"]
+    assert all(row["peak_rss_mib"] > 0 for row in result["paths"].values())
+    profile = result["profile_default"]
     shares = [op["self_cpu_share"] for op in profile]
     assert len(profile) == 8 and len({op["op"] for op in profile}) == 8  # the top 8 distinct ops
     assert shares == sorted(shares, reverse=True) and shares[-1] > 0
@@ -120,9 +124,23 @@ def test_memory_and_profile_describe_our_training_step(one_epoch):
     assert any("conv" in op["op"] for op in profile), profile
 
 
+def test_paths_left_out_say_why(small):
+    _, cfg = small
+    chosen, skipped = benchmark.paths(cfg, "fp16", torch.device("cpu"))
+    assert "default_fp16" not in chosen and skipped["default_fp16"].startswith("fp16 needs a CUDA GPU")
+    from torch._inductor import config as inductor
+
+    with inductor.patch({"cpp.cxx": (None, "no-such-c++")}):  # what inductor would compile with
+        chosen, skipped = benchmark.paths(cfg, "bf16", torch.device("cpu"))
+    assert list(chosen) == PATHS[:4] and "no C++ compiler" in skipped["compiled"]
+    compiled_default = dataclasses.replace(cfg, compile=True)
+    chosen, _ = benchmark.paths(compiled_default, "bf16", torch.device("cpu"))
+    assert "compiled" not in chosen and chosen["default"][0].compile  # the default is the compiled path
+
+
 def test_steps_beyond_one_epoch_are_rejected(small, mnist_root):
     variant, cfg = small
     with pytest.raises(ParamsError) as info:
-        run_benchmark(variant, cfg, mnist_root, steps=5, repeats=1, accelerator=make_accelerator())
+        run_benchmark(variant, cfg, mnist_root, steps=5, repeats=1)
     assert str(info.value) == ("benchmark.steps: 5 is more than the 4 steps of one epoch of 500 images in batches "
                                "of 128; use 0 (one epoch) or fewer")
