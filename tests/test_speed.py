@@ -181,3 +181,15 @@ def test_power_grows_with_seeds_and_shrinks_with_spread():
     assert half10 < half5 and power10 > power5
     assert expected_power(10, 1.0, 0.15)[1] == 0  # the CI alone is wider than the margin
 
+
+@pytest.mark.slow
+def test_the_gpu_smoke_script_runs_on_a_cpu_saying_what_it_skips(cli_env):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: run research/gpu_smoke.sh itself, it measures")
+    proc = run_cmd(["bash", "research/gpu_smoke.sh", "--variants", "skeleton", "lr_scheduler"], cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("GPU parts skipped: no CUDA GPU here")
+    rows = [line.split() for line in lines if line.startswith(("skeleton ", "lr_scheduler "))]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("skeleton", "eager", "ok"), ("lr_scheduler", "eager", "ok")]
+    assert lines[-1] == "every path trained"
