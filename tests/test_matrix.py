@@ -273,7 +273,7 @@ def test_every_run_of_the_table_and_its_checks_has_a_recipe_to_estimate():
 
     listed = sh([*DVC, "stage", "list", "--name-only"], REPO, os.environ.copy()).stdout.split()
     recipes = stage_recipes(load_params(REPO / "params.yaml"))
-    groups = {"train", "seed", "seed_slow", "confirm", "precision", "published_path"}
+    groups = {"train", "seed", "seed_slow", "confirm", "precision", "published_path", "compile_check"}
     assert set(recipes) == {s for s in listed if s.split("@")[0] in groups}
     variants = {(r["variant"], r["data_path"], r["mixed_precision"]) for r in committed_runs(REPO)}
     assert {(r.variant, r.data_path, r.mixed_precision) for r in recipes.values()} <= variants
@@ -516,18 +516,19 @@ def test_after_a_ctrl_c_the_matrix_says_what_each_run_saved_and_the_rerun_does_t
 def matrix_params() -> dict:
     """Overrides for write_quick_params: two variants (under_5k, which the committed design search
     and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
-    published-path or confirmation runs; one torch thread per run, so a run's numbers do not
+    published-path, confirmation or compile-check runs; one torch thread per run, so a run's numbers do not
     depend on how many cores it was given."""
     return {"overrides": {"variants": repo_variants(("skeleton", "under_5k")),
                           "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
                           "confirmation.seeds": [], "precision.variant": "skeleton",
                           "precision.seeds": [], "published_path.variants": [], "benchmark.variant": "skeleton",
+                          "compile_check.variants": ["skeleton"], "compile_check.seeds": [],
                           "benchmark.repeats": 1, "train.cpu_threads": 1}}
 
 
-# compare and report read these folders; with no published-path, confirmation or precision stage
-# nothing writes them.
-EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision")
+# compare and report read these folders; with no published-path, confirmation, precision or
+# compile-check stage nothing writes them.
+EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision", "metrics/compile_check")
 TRAINING = ("train@skeleton", "train@under_5k")
 
 

@@ -38,7 +38,8 @@ class Estimate:
 
 def stage_recipes(params: Params) -> dict[str, Recipe]:
     """{stage name: recipe} of every training stage dvc.yaml makes from params.yaml (its
-    foreach/matrix groups: train@, seed@, seed_slow@, confirm@, precision@, published_path@)."""
+    foreach/matrix groups: train@, seed@, seed_slow@, confirm@, precision@, published_path@,
+    compile_check@)."""
     ours = params.launch.mixed_precision
     found = {params.stage_of(v, s): Recipe(v, "ours", ours) for v in params.variants for s in params.seeds_of(v)}
     found.update({f"confirm@{s}": Recipe(params.confirmation.variant, "ours", ours)
@@ -47,6 +48,9 @@ def stage_recipes(params: Params) -> dict[str, Recipe]:
                   for s in params.precision.seeds})
     found.update({f"published_path@{v}-{s}": Recipe(v, "published", "no")
                   for v in params.published_path.variants for s in params.published_path.seeds})
+    # train.compile's other value: timed as the main runs (the committed runs say which they used)
+    found.update({f"compile_check@{v}-{s}": Recipe(v, "ours", ours)
+                  for v in params.compile_check.variants for s in params.compile_check.seeds})
     return found
 
 
