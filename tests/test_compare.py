@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import DVC, sh
+from conftest import DVC, load_stage, sh
 
 from mnist_repro.config import load_params
 from mnist_repro.errors import InputFileError
@@ -181,10 +181,12 @@ def test_a_variant_without_its_main_run_is_a_not_run_row(compared, project, run_
     (project / "metrics/runs/basic_setup/seed_1.json").unlink()
     run_stage("compare", compare_argv(project))
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 7
-    assert out[0] == (f"basic_setup: not run yet ({project}/metrics/runs/basic_setup/seed_1.json missing): "
-                      "dvc repro train@basic_setup")
-    assert sum("not run" in line for line in out) == 1
+    compare = load_stage("compare")
+    # the header, a row per run variant, the not-run variant's line, the legend
+    assert len(out) == 1 + 6 + 1 + len(compare.LEGEND) and out[-len(compare.LEGEND):] == list(compare.LEGEND)
+    assert out[-len(compare.LEGEND) - 1] == (f"basic_setup: not run yet ({project}/metrics/runs/basic_setup/"
+                                             "seed_1.json missing): dvc repro train@basic_setup")
+    assert sum("not run" in line for line in out) == 1 and not any(line.startswith("basic_setup ") for line in out)
     rows = rows_of(project)
     # The published side as for a run variant (the reference file's basic_setup entry); every "ours" null.
     pub = load_reference(project / "reference/published.json").get("basic_setup")
@@ -208,8 +210,9 @@ def test_extra_seeds_without_the_main_run_are_ignored_and_said_so(project, run_s
     (project / "metrics/runs/lr_scheduler/seed_3.json").unlink()  # no longer an error: nothing of it is read
     run_stage("compare", compare_argv(project))
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == (f"lr_scheduler: not run yet ({project}/metrics/runs/lr_scheduler/seed_1.json missing; "
-                       "extra seeds 2, 4, 5 present, ignored until it exists): dvc repro train@lr_scheduler")
+    assert out[-len(load_stage("compare").LEGEND) - 1] == (
+        f"lr_scheduler: not run yet ({project}/metrics/runs/lr_scheduler/seed_1.json missing; "
+        "extra seeds 2, 4, 5 present, ignored until it exists): dvc repro train@lr_scheduler")
     row = rows_of(project)["7_lr_scheduler"]
     assert row["n"] == 0 and row["best"]["mean"] is None and row["best"]["v"] == "not run"
 
