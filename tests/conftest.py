@@ -35,14 +35,18 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-# Fixtures (below) that run the whole DVC pipeline: a test using one is slow, in whatever file.
+# Fixtures (below) that run the whole DVC pipeline: a test using one must be marked slow.
 PIPELINE_FIXTURES = {"finished_pipeline", "copy_finished_pipeline"}
 
 
 def pytest_collection_modifyitems(items):
+    """One way to mark a slow test: `pytest.mark.slow`, on the test or its module (pytestmark),
+    written where a reader sees it; a test that runs the pipeline without it stops collection."""
     for item in items:
-        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+        used = PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if used and item.get_closest_marker("slow") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(used)[0]} (a whole DVC pipeline): "
+                                    "mark it @pytest.mark.slow")
 
 
 def mnist_cache() -> Path:
