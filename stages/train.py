@@ -1,6 +1,6 @@
-"""DVC stages train@<variant>, seed@<variant>-<seed>, precision@<seed> and confirm@<seed>: train
-one variant; write its run summary, per-epoch history, and (main run) weights and misclassified
-test images.
+"""DVC stages train@<variant>, seed@<variant>-<seed>, precision@<seed>, confirm@<seed> and
+compile_check@<variant>-<seed>: train one variant; write its run summary, per-epoch history, and
+(main run) weights and misclassified test images.
 
 By hand:  python -m mnist_repro.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
           (mnist_repro.launch is `accelerate launch`, same flags, without the launcher's own
