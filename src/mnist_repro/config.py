@@ -121,15 +121,23 @@ class SeedsConfig(SeedGroup):
 
 
 @dataclass(frozen=True)
-class PublishedPathConfig:
+class EquivalenceRuns:
+    """Some variants' seeds rerun another way and tested for equivalence with their main runs."""
+    SECTION = ""  # the params.yaml section, for messages
     variants: tuple
     seeds: tuple
     margin: float  # equivalence margin, percentage points of test accuracy
 
     def __post_init__(self):
         if not 0 < self.margin < 100:
-            raise ParamsError(f"published_path.margin: must be a positive number of percentage points, "
+            raise ParamsError(f"{self.SECTION}.margin: must be a positive number of percentage points, "
                               f"got {self.margin}")
+
+
+@dataclass(frozen=True)
+class PublishedPathConfig(EquivalenceRuns):
+    """The notebooks' data path over seeds (stage published_path@<variant>-<seed>)."""
+    SECTION = "published_path"
 
 
 @dataclass(frozen=True)
@@ -152,17 +160,10 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
-class CompileCheckConfig:
+class CompileCheckConfig(EquivalenceRuns):
     """Runs of some variants' seeds with train.compile's other value, compared with the same
     seeds' main runs (stage compile_check@<variant>-<seed>)."""
-    variants: tuple
-    seeds: tuple
-    margin: float  # equivalence margin, percentage points of test accuracy
-
-    def __post_init__(self):
-        if not 0 < self.margin < 100:
-            raise ParamsError(f"compile_check.margin: must be a positive number of percentage points, "
-                              f"got {self.margin}")
+    SECTION = "compile_check"
 
 
 @dataclass(frozen=True)
