@@ -3,7 +3,7 @@
     bash research/gpu_smoke.sh                      # MNIST_MIRROR=<dir of the 4 .gz files>, or --data ROOT
     bash research/gpu_smoke.sh --images 20000 --variants lr_scheduler skeleton
 
-Paths (the benchmark's, mnist_repro.benchmark.time_ours): eager (train.compile false), compiled
+Paths (the benchmark's, mnist_repro.training.benchmark.time_ours): eager (train.compile false), compiled
 (train.compile true: torch.compile, inductor), bf16 (eager inside bf16 autocast). For each
 variant of the main seed group (params.yaml seeds.variants: every published step but the slow
 basic_setup, and under_5k) and each path: a fresh model from train.seed, a warm-up pass (one
@@ -31,12 +31,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnist_repro.benchmark import time_ours  # noqa: E402
-from mnist_repro.config import load_params  # noqa: E402
-from mnist_repro.data import download_mnist  # noqa: E402
-from mnist_repro.device_data import load_datasets, steps_per_epoch  # noqa: E402
-from mnist_repro.launch import describe_device, make_accelerator  # noqa: E402
-from mnist_repro.speed import compile_problem  # noqa: E402
+from mnist_repro.training.benchmark import time_ours  # noqa: E402
+from mnist_repro.core.config import load_params  # noqa: E402
+from mnist_repro.core.data import download_mnist  # noqa: E402
+from mnist_repro.training.device_data import load_datasets, steps_per_epoch  # noqa: E402
+from mnist_repro.training.launch import describe_device, make_accelerator  # noqa: E402
+from mnist_repro.training.speed import compile_problem  # noqa: E402
 
 PATHS = ("eager", "compiled", "bf16")
 CPU_IMAGES = 3 * 128 + 64  # without a GPU: three full batches and a short one per variant

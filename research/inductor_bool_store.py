@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnist_repro.launch import describe_device  # noqa: E402
-from mnist_repro.speed import keep_freed_memory  # noqa: E402
+from mnist_repro.training.launch import describe_device  # noqa: E402
+from mnist_repro.training.speed import keep_freed_memory  # noqa: E402
 
 SHAPE = (128 * 16 * 24 * 24,)
 

@@ -9,8 +9,8 @@ of k runs (k = --jobs, default every core). For each group, in ONE process so bo
 the machine's noise, in alternating order (serial first in even groups, pinned first in odd):
   serial: the k runs one after another, each on every core (torch threads = cores), as a plain
           `dvc repro` runs them;
-  pinned: the k runs at once, each pinned to its own core(s) by mnist_repro.slots, as
-          `python -m mnist_repro.matrix run` runs them.
+  pinned: the k runs at once, each pinned to its own core(s) by mnist_repro.parallel.slots, as
+          `python -m mnist_repro.parallel.matrix run` runs them.
 Each run is dvc.yaml's command (`accelerate launch ... stages/train.py`), timed from start to
 exit. The JSON holds every run's time and slot, each mode's total, and the ratio serial/pinned
 (> 1: the matrix finishes the same runs sooner). A benchmark, not a test: run it on a quiet host.
@@ -33,10 +33,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnist_repro.config import load_params  # noqa: E402
-from mnist_repro.data import download_mnist  # noqa: E402
-from mnist_repro.reference import load_reference  # noqa: E402
-from mnist_repro.slots import Slot, allowed_cores, host_slots  # noqa: E402
+from mnist_repro.core.config import load_params  # noqa: E402
+from mnist_repro.core.data import download_mnist  # noqa: E402
+from mnist_repro.compare.reference import load_reference  # noqa: E402
+from mnist_repro.parallel.slots import Slot, allowed_cores, host_slots  # noqa: E402
 
 
 def small_variants() -> list[str]:

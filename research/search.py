@@ -4,7 +4,7 @@ A search is a set of `dvc exp run train@<variant> -S train.holdout=N -S ...`
 experiments (research/under_5k.sh queues one): each trains on all but the last N
 training images and scores on those N, never on the test set. Experiments live
 in this clone's git refs only, so the record is written to a committed file
-that the report renders (mnist_repro.run_files.read_searches reads it):
+that the report renders (mnist_repro.compare.run_files.read_searches reads it):
 
     python research/search.py under_5k --max-params 5000 --out metrics/search/under_5k.json
 
@@ -37,11 +37,11 @@ import statistics
 import yaml
 from dvc.utils.flatten import flatten
 
-from mnist_repro import cli
-from mnist_repro.config import VariantConfig, Yaml12Loader
-from mnist_repro.errors import ParamsError, SearchError
-from mnist_repro.files import write_json
-from mnist_repro.typed_yaml import build
+from mnist_repro.core import cli
+from mnist_repro.core.config import VariantConfig, Yaml12Loader
+from mnist_repro.core.errors import ParamsError, SearchError
+from mnist_repro.core.files import write_json
+from mnist_repro.core.typed_yaml import build
 
 SEED_KEY = "train.seed"
 # A variant's settings: every params.yaml key of it but its description.

@@ -9,7 +9,7 @@ OpenMP thread count when they are generated), in two phases per thread count:
 
   allocator  --rounds rounds of, per variant, two workers that train that variant's eager path
              alone, one with glibc's malloc as a process starts and one after
-             mnist_repro.speed.keep_freed_memory (a process cannot go back to the first, and what
+             mnist_repro.training.speed.keep_freed_memory (a process cannot go back to the first, and what
              glibc's adaptive thresholds do depends on everything the process allocated before,
              so each worker trains what a training run trains: one variant, one path),
              alternating which goes first.
@@ -67,13 +67,13 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_repro.config import load_params  # noqa: E402
-from mnist_repro.data import download_mnist  # noqa: E402
-from mnist_repro.device_data import global_batches, load_datasets, prepare_images  # noqa: E402
-from mnist_repro.launch import describe_device  # noqa: E402
-from mnist_repro.models import build_model  # noqa: E402
-from mnist_repro.speed import keep_freed_memory  # noqa: E402
-from mnist_repro.train import build_scheduler  # noqa: E402
+from mnist_repro.core.config import load_params  # noqa: E402
+from mnist_repro.core.data import download_mnist  # noqa: E402
+from mnist_repro.training.device_data import global_batches, load_datasets, prepare_images  # noqa: E402
+from mnist_repro.training.launch import describe_device  # noqa: E402
+from mnist_repro.core.models import build_model  # noqa: E402
+from mnist_repro.training.speed import keep_freed_memory  # noqa: E402
+from mnist_repro.training.train import build_scheduler  # noqa: E402
 
 PATHS = {
     # name: (compile: None | "model" | "step", channels_last, optimiser impl, compile mode, bookkeeping)
@@ -320,7 +320,7 @@ def main(argv=None) -> None:
         "paths": {p: dict(zip(("compile", "channels_last", "optimizer", "mode", "bookkeeping"), PATHS[p]))
                   for p in args.paths},
         "allocators": {"default": "glibc malloc as a process starts",
-                       "keep": "after mnist_repro.speed.keep_freed_memory()"},
+                       "keep": "after mnist_repro.training.speed.keep_freed_memory()"},
         "summary": summarize(workers, args),
         "workers": workers,
     }

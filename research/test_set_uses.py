@@ -4,7 +4,7 @@ Before the confirmation runs (params.yaml `confirmation`), under_5k's design
 was run on the test set twice: the first design at commit cd54f9d and the search's
 second choice at 5d235eb, seeds 1-5 each. This script reads those run files with
 `git show <commit>:metrics/runs/<variant>/seed_<s>.json` and writes one committed
-record (the report stage reads it; mnist_repro.run_files validates it), so the
+record (the report stage reads it; mnist_repro.compare.run_files validates it), so the
 report's numbers about them come from committed data, not from memory:
 
     python research/test_set_uses.py --out metrics/search/test_set_uses.json
@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mnist_repro.files import write_json  # noqa: E402
+from mnist_repro.core.files import write_json  # noqa: E402
 
 VARIANT = "under_5k"
 SEEDS = (1, 2, 3, 4, 5)

@@ -7,7 +7,7 @@
 #
 # Run it on a login node in the checkout, which every node sees at the same path (a shared
 # file system); the DVC cache is the checkout's .dvc/cache, shared with it. Steps:
-#   1. `python -m mnist_repro.matrix prepare`: the stages the array waits on (check_params,
+#   1. `python -m mnist_repro.parallel.matrix prepare`: the stages the array waits on (check_params,
 #      download) run here, now; the array's stages go to a list under .dvc/tmp/matrix/.
 #   2. slurm/matrix.sbatch as --array=0-(n-1): task i runs `dvc repro -s <stage i>` in the
 #      shared checkout, pinned by Slurm to the GPUs/cores it was given; each task records its
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="$PWD/.dvc/tmp/matrix/stages-$(date +%Y%m%d-%H%M%S)-$$.txt"
-python -m mnist_repro.matrix prepare --out "$stages"
+python -m mnist_repro.parallel.matrix prepare --out "$stages"
 n=$(grep -c . "$stages" || true)
 after=()
 if [ "$n" -gt 0 ]; then

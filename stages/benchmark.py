@@ -1,13 +1,13 @@
 """DVC stage benchmark: each training path (published, eager, default, mixed precision, compiled) side by side,
-each repeat in its own process (mnist_repro.benchmark)."""
+each repeat in its own process (mnist_repro.training.benchmark)."""
 
 from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
-from mnist_repro.benchmark import benchmark_and_write
-from mnist_repro.config import load_params
+from mnist_repro.core import cli
+from mnist_repro.training.benchmark import benchmark_and_write
+from mnist_repro.core.config import load_params
 
 
 def main(argv=None) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
-from mnist_repro.config import load_params
-from mnist_repro.files import write_text
+from mnist_repro.core import cli
+from mnist_repro.core.config import load_params
+from mnist_repro.core.files import write_text
 
-STAMP = "params.yaml passed mnist_repro.config's checks\n"
+STAMP = "params.yaml passed mnist_repro.core.config's checks\n"
 
 
 def main(argv=None) -> None:

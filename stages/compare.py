@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_repro import cli
-from mnist_repro.config import load_params
-from mnist_repro.files import write_json
-from mnist_repro.reference import load_reference
-from mnist_repro.run_files import not_run_note, read_published_path, read_runs
-from mnist_repro.table import published_values, table_file, table_row
+from mnist_repro.core import cli
+from mnist_repro.core.config import load_params
+from mnist_repro.core.files import write_json
+from mnist_repro.compare.reference import load_reference
+from mnist_repro.compare.run_files import not_run_note, read_published_path, read_runs
+from mnist_repro.compare.table import published_values, table_file, table_row
 
 
 def compare(params_path, reference_path, runs_dir, code_dir, out_dir) -> tuple[dict, dict]:

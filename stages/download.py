@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
-from mnist_repro.config import load_params
-from mnist_repro.data import MNIST_FILES, download_mnist, sha256_of
-from mnist_repro.files import write_text
+from mnist_repro.core import cli
+from mnist_repro.core.config import load_params
+from mnist_repro.core.data import MNIST_FILES, download_mnist, sha256_of
+from mnist_repro.core.files import write_text
 
 
 def main(argv=None) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
-from mnist_repro.config import load_params
-from mnist_repro.published_path import rerun_and_write
+from mnist_repro.core import cli
+from mnist_repro.core.config import load_params
+from mnist_repro.training.published_path import rerun_and_write
 
 
 def main(argv=None) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_repro import cli
-from mnist_repro.report import build_report
+from mnist_repro.core import cli
+from mnist_repro.report.build import build_report
 
 
 def main(argv=None) -> None:

@@ -2,8 +2,8 @@
 compile_check@<variant>-<seed>: train one variant; write its run summary, per-epoch history, and
 (main run) weights and misclassified test images.
 
-By hand:  python -m mnist_repro.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
-          (mnist_repro.launch is `accelerate launch`, same flags, without the launcher's own
+By hand:  python -m mnist_repro.training.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
+          (mnist_repro.training.launch is `accelerate launch`, same flags, without the launcher's own
           traceback after an error or a Ctrl-C)
 In DVC:   dvc.yaml passes params.yaml's launch flags and every output path, so the
           flags that shaped a result are tracked and each path is written in one place.
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_repro import checkpoint, cli
-from mnist_repro.config import load_params
-from mnist_repro.train import QUICK, train_and_write
+from mnist_repro.training import checkpoint
+
+from mnist_repro.core import cli
+from mnist_repro.core.config import load_params
+from mnist_repro.training.train import QUICK, train_and_write
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import yaml
-from conftest import DVC, QUICK_PIPELINE, init_project, project_env, sh
+from support.projects import DVC, QUICK_PIPELINE, init_project, project_env, sh
 
 pytestmark = pytest.mark.slow  # runs DVC and trains one stage on a slice
 
@@ -33,7 +33,7 @@ def test_a_variant_added_to_params_yaml_alone_trains_and_gets_its_row(tmp_path, 
     run = json.loads((work / "metrics" / "runs" / NEW / "seed_1.json").read_text())
     assert run["variant"] == NEW and run["epochs"] == params["train"]["epochs"]
     assert run["train_images"] == params["train"]["train_limit"]
-    from mnist_repro.models import build_model, count_parameters
+    from mnist_repro.core.models import build_model, count_parameters
     assert run["params"] == count_parameters(build_model(ENTRY["model"], 0.0))
     assert f"train@{NEW}" not in sh([*DVC, "status", f"train@{NEW}"], work, env).stdout  # recorded in dvc.lock
 

@@ -7,9 +7,9 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from mnist_repro.augment import (PUBLISHED, apply_params, augment_batch, inverse_affine, jitter,
+from mnist_repro.training.augment import (PUBLISHED, apply_params, augment_batch, inverse_affine, jitter,
                                  sample_params, warp)
-from mnist_repro.data import load_split
+from mnist_repro.core.data import load_split
 
 
 @pytest.fixture(scope="module")

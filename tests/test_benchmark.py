@@ -11,11 +11,11 @@ import statistics
 import pytest
 import torch
 
-from mnist_repro import benchmark
-from mnist_repro.benchmark import run_benchmark
-from mnist_repro.config import load_params
-from mnist_repro.errors import ParamsError
-from mnist_repro.launch import cpu_threads_per_process
+from mnist_repro.training import benchmark
+from mnist_repro.training.benchmark import run_benchmark
+from mnist_repro.core.config import load_params
+from mnist_repro.core.errors import ParamsError
+from mnist_repro.training.launch import cpu_threads_per_process
 
 IMAGES, TEST, BATCH, REPEATS = 500, 200, 128, 2  # one epoch: 4 steps, the last of 116 images
 EPOCH_BATCHES = [128, 128, 128, 116]

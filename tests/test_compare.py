@@ -9,12 +9,12 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import DVC, load_stage, sh
+from support.projects import DVC, load_stage, sh
 
-from mnist_repro.config import load_params
-from mnist_repro.errors import InputFileError
-from mnist_repro.reference import load_reference
-from mnist_repro.stats import largest_gap, mean_curve, stalled_epochs
+from mnist_repro.core.config import load_params
+from mnist_repro.core.errors import InputFileError
+from mnist_repro.compare.reference import load_reference
+from mnist_repro.compare.stats import largest_gap, mean_curve, stalled_epochs
 
 STEPS = ["1_basic_setup", "2_skeleton", "3_batch_norm", "4_dropout", "5_fc_after_gap", "6_augmentation",
          "7_lr_scheduler"]
@@ -218,7 +218,7 @@ def test_extra_seeds_without_the_main_run_are_ignored_and_said_so(project, run_s
 
 
 def test_a_stale_run_file_is_refused(project):
-    from mnist_repro.run_files import read_runs
+    from mnist_repro.compare.run_files import read_runs
 
     path = project / "metrics/runs/lr_scheduler/seed_2.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 7}))

@@ -8,10 +8,10 @@ import types
 import pytest
 import yaml
 
-from mnist_repro.config import LaunchConfig, Params, load_params, parse_params
-from mnist_repro.errors import ParamsError
-from mnist_repro.device_data import check_shares
-from mnist_repro.launch import check_launch
+from mnist_repro.core.config import LaunchConfig, Params, load_params, parse_params
+from mnist_repro.core.errors import ParamsError
+from mnist_repro.training.device_data import check_shares
+from mnist_repro.training.launch import check_launch
 
 
 @pytest.fixture(scope="module")

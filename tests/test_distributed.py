@@ -21,14 +21,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from conftest import (ONE_THREAD, Started, evaluate_saved, free_port, run_cmd,
-                      run_together, run_until_checkpoint, train_cmd, without_timing)
+from support.processes import (ONE_THREAD, Started, evaluate_saved, free_port, run_cmd, run_together,
+                               run_until_checkpoint, train_cmd, without_timing)
 
-from mnist_repro.config import load_params
-from mnist_repro.data import load_split
-from mnist_repro.models import build_model
-from mnist_repro.device_data import global_batches, prepare_images
-from mnist_repro.train import build_optimizer
+from mnist_repro.core.config import load_params
+from mnist_repro.core.data import load_split
+from mnist_repro.core.models import build_model
+from mnist_repro.training.device_data import global_batches, prepare_images
+from mnist_repro.training.train import build_optimizer
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
 

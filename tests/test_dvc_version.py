@@ -12,7 +12,7 @@ import re
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from conftest import REPO
+from support.projects import REPO
 
 
 def pinned_dvc() -> Requirement:

@@ -11,10 +11,10 @@ import types
 import pytest
 import torch
 
-from mnist_repro.config import load_params
-from mnist_repro.files import atomic_path, write_json
-from mnist_repro.checkpoint import run_fingerprint
-from mnist_repro.launch import cpu_threads_per_process
+from mnist_repro.core.config import load_params
+from mnist_repro.core.files import atomic_path, write_json
+from mnist_repro.training.checkpoint import run_fingerprint
+from mnist_repro.training.launch import cpu_threads_per_process
 
 
 def test_write_json_is_readable_json_with_umask_permissions(tmp_path):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DVC, REPO, experiments, git_clone, porcelain, project_env, sh, tree_digests
+from support.projects import DVC, REPO, experiments, git_clone, porcelain, project_env, sh, tree_digests
 
-from mnist_repro.config import load_params
+from mnist_repro.core.config import load_params
 
 pytestmark = pytest.mark.slow
 DOCS = REPO / "docs" / "pipeline.md"
@@ -202,13 +202,13 @@ def test_a_fresh_clone_previews_what_would_run_in_seconds(clone):
     assert set(json.loads(sh([*DVC, "status", "--json"], root, env).stdout)) == missing
     assert set(ran(sh([*DVC, "repro", "--dry"], root, env).stdout)) == missing
     start = time.monotonic()
-    plan = sh([sys.executable, "-m", "mnist_repro.matrix", "run", "--dry"], root, env)
+    plan = sh([sys.executable, "-m", "mnist_repro.parallel.matrix", "run", "--dry"], root, env)
     took = time.monotonic() - start
     stages = set(sh([*DVC, "stage", "list", "--name-only"], root, env).stdout.split())
     listed = {line.split()[0] for line in plan.stdout.splitlines() if line.startswith("  ")} & stages
     assert listed == missing | {"compare", "report"}, plan.stdout
     assert re.search(rf"^{len(params.variants)} training run\(s\) pending: about ", plan.stdout, re.M), plan.stdout
-    assert took < 30, f"python -m mnist_repro.matrix run --dry took {took:.0f} s"
+    assert took < 30, f"python -m mnist_repro.parallel.matrix run --dry took {took:.0f} s"
     assert porcelain(root, env) == ""
 
 

@@ -1,4 +1,4 @@
-"""Hand launches: `python -m mnist_repro.launch --config_file accelerate.yaml stages/train.py ...`
+"""Hand launches: `python -m mnist_repro.training.launch --config_file accelerate.yaml stages/train.py ...`
 prints neither Accelerate's "values were not passed" warning nor a traceback after a one-line
 error, and accelerate.yaml launches what params.yaml's launch section launches in the pipeline."""
 
@@ -8,7 +8,8 @@ import re
 import sys
 
 import yaml
-from conftest import DVC, REPO, init_project, run_cmd, sh
+from support.processes import run_cmd
+from support.projects import DVC, REPO, init_project, sh
 
 CONFIG = REPO / "accelerate.yaml"
 
@@ -24,7 +25,7 @@ def test_the_config_file_says_what_params_launch_says():
 
 
 def test_a_hand_launch_shows_one_error_line_no_warning_no_traceback(cli_env):
-    proc = run_cmd([sys.executable, "-m", "mnist_repro.launch", "--config_file", CONFIG,
+    proc = run_cmd([sys.executable, "-m", "mnist_repro.training.launch", "--config_file", CONFIG,
                     REPO / "stages" / "train.py", "lr_schedular"], {**cli_env, "CUDA_VISIBLE_DEVICES": ""})
     both = proc.stdout + proc.stderr
     assert proc.returncode == 1, both
@@ -44,7 +45,7 @@ def test_more_processes_without_multi_gpu_stop_with_one_line_naming_the_flag(cli
                         (["--cpu", "--num_processes", "3"],
                          "error: --num_processes 3 with --cpu starts one process; drop --cpu and add --multi_gpu "
                          "(on a host without CUDA that is 3 gloo CPU processes)")):
-        proc = run_cmd([sys.executable, "-m", "mnist_repro.launch", *flags, *extra, REPO / "stages" / "train.py",
+        proc = run_cmd([sys.executable, "-m", "mnist_repro.training.launch", *flags, *extra, REPO / "stages" / "train.py",
                         "lr_scheduler", "--quick", "--metrics", tmp_path / "m.json"],
                        {**cli_env, "CUDA_VISIBLE_DEVICES": ""})
         assert proc.returncode == 1, proc.stdout + proc.stderr

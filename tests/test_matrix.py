@@ -1,4 +1,4 @@
-"""The run matrix (mnist_repro.matrix, mnist_repro.slots): slots split the host without overlap,
+"""The run matrix (mnist_repro.parallel.matrix, mnist_repro.parallel.slots): slots split the host without overlap,
 pinned runs see only their slot, a killed run loses only itself, and the pipeline run k at a time
 ends exactly as a serial `dvc repro`: every stage in dvc.lock, the same weights and numbers.
 
@@ -22,11 +22,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import DVC, REPO, git_commit, git_init, init_project, project_env, repo_variants, sh, without_timing
+from support.processes import without_timing
+from support.projects import DVC, REPO, git_commit, git_init, init_project, project_env, repo_variants, sh
 
-from mnist_repro.slots import Slot, SlotError, SlotPool, core_ranges, host_slots
+from mnist_repro.parallel.slots import Slot, SlotError, SlotPool, core_ranges, host_slots
 
-MATRIX = (sys.executable, "-m", "mnist_repro.matrix")
+MATRIX = (sys.executable, "-m", "mnist_repro.parallel.matrix")
 
 
 # --- slots ----------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def test_two_pools_never_hand_out_one_slot_and_a_killed_holder_frees_it(tmp_path
     mine = SlotPool(slots, tmp_path)
     # Another process (a second matrix command) holds cpu:0 ...
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from mnist_repro.slots import Slot, SlotPool; "
+        "import sys, time; from mnist_repro.parallel.slots import Slot, SlotPool; "
         f"p = SlotPool([Slot('cpu:0', (0,), ())], {str(tmp_path)!r}); print(p.take().label, flush=True); "
         "time.sleep(600)")], stdout=subprocess.PIPE, text=True)
     try:
@@ -81,7 +82,7 @@ def test_two_pools_never_hand_out_one_slot_and_a_killed_holder_frees_it(tmp_path
 
 
 def test_a_slurm_task_records_its_job_node_and_devices(monkeypatch):
-    from mnist_repro.matrix import task_slot_label
+    from mnist_repro.parallel.matrix import task_slot_label
 
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "777")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
@@ -93,8 +94,8 @@ def test_a_slurm_task_records_its_job_node_and_devices(monkeypatch):
 
 
 def test_a_task_outside_its_stage_list_is_refused_with_the_fix(tmp_path, capsys):
-    from mnist_repro import cli
-    from mnist_repro.matrix import main
+    from mnist_repro.core import cli
+    from mnist_repro.parallel.matrix import main
 
     (tmp_path / "stages.txt").write_text("train@a\ntrain@b\n")
     with pytest.raises(SystemExit):
@@ -104,7 +105,7 @@ def test_a_task_outside_its_stage_list_is_refused_with_the_fix(tmp_path, capsys)
     with pytest.raises(SystemExit):
         cli.run(main, ["gather", "--stages", str(tmp_path / "none.txt")])
     assert capsys.readouterr().err == (f"error: {tmp_path}/none.txt: no stage list; write it with "
-                                       f"`python -m mnist_repro.matrix prepare --out {tmp_path}/none.txt`\n")
+                                       f"`python -m mnist_repro.parallel.matrix prepare --out {tmp_path}/none.txt`\n")
 
 
 # --- slot settings: nonsense is refused, each with one line ------------------------------------
@@ -122,7 +123,8 @@ def test_a_task_outside_its_stage_list_is_refused_with_the_fix(tmp_path, capsys)
 ])
 def test_nonsense_slot_settings_are_refused_in_one_line(argv, env, said, tmp_path, monkeypatch, capsys):
     """Before any DVC command runs (each case would otherwise plan, or run, on settings it did not ask for)."""
-    from mnist_repro import cli, matrix
+    from mnist_repro.core import cli
+    from mnist_repro.parallel import matrix
 
     (tmp_path / "file").write_text("")
     for key, value in env.items():
@@ -155,7 +157,7 @@ MISSING_DATA = [{"changed outs": {"data/MNIST/raw": "not in cache"}}]
 
 
 def test_the_plan_is_what_dvc_status_reports_and_everything_after_it():
-    from mnist_repro.matrix import make_plan, read_dag
+    from mnist_repro.parallel.matrix import make_plan, read_dag
 
     stages, deps = read_dag(DOT)
     assert stages == ["check_params", "download", "train@a", "seed@a-2", "compare"]
@@ -172,7 +174,7 @@ def test_the_plan_is_what_dvc_status_reports_and_everything_after_it():
 def test_a_fresh_clone_plans_the_data_and_the_missing_weights_not_every_run():
     """Only download's outputs missing (a clone): it reruns and restores the same SHA-256-pinned files,
     so the stages after it are pending only for reasons of their own (train@a: its weights)."""
-    from mnist_repro.matrix import make_plan, read_dag
+    from mnist_repro.parallel.matrix import make_plan, read_dag
 
     stages, deps = read_dag(DOT)
     weights = [{"changed outs": {"models/a.pt": "not in cache"}}]
@@ -186,8 +188,10 @@ def test_the_matrix_reads_dvc_through_its_command_line_only():
     forms DVC documents, so a DVC release cannot change the plan silently."""
     import ast
 
-    for module in ("matrix", "slots", "estimate"):
-        tree = ast.parse((REPO / "src" / "mnist_repro" / f"{module}.py").read_text())
+    modules = sorted((REPO / "src" / "mnist_repro" / "parallel").glob("*.py"))
+    assert {m.stem for m in modules} >= {"matrix", "slots", "estimate"}
+    for module in modules:
+        tree = ast.parse(module.read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -196,14 +200,14 @@ def test_the_matrix_reads_dvc_through_its_command_line_only():
 
 
 def test_a_dag_in_a_form_the_reader_does_not_know_stops_it_rather_than_planning_without_edges():
-    from mnist_repro.matrix import MatrixError, read_dag
+    from mnist_repro.parallel.matrix import MatrixError, read_dag
 
     with pytest.raises(MatrixError, match=r"printed a line this reader does not know: 'a -> b \[weight=1\];'"):
         read_dag('strict digraph {\n"a";\n"b";\na -> b [weight=1];\n}\n')
 
 
 def test_an_unknown_target_is_refused_with_the_fix():
-    from mnist_repro.matrix import MatrixError, make_plan, read_dag
+    from mnist_repro.parallel.matrix import MatrixError, make_plan, read_dag
 
     with pytest.raises(MatrixError, match=r"^train@b: no such stage in dvc.yaml; `dvc stage list` names them$"):
         make_plan(*read_dag(DOT), {}, targets=["train@b"])
@@ -217,8 +221,8 @@ def run_file(variant: str, seconds: float, device: str, epochs: int = 15, **extr
 
 
 def test_an_estimate_is_the_median_of_like_runs_on_this_kind_of_device_scaled_to_the_params():
-    from mnist_repro.config import load_params
-    from mnist_repro.estimate import Estimator, Recipe
+    from mnist_repro.core.config import load_params
+    from mnist_repro.parallel.estimate import Estimator, Recipe
 
     params = load_params(REPO / "params.yaml")
     runs = [run_file("skeleton", s, "AMD EPYC (1 cores)") for s in (100, 300, 200)]
@@ -237,7 +241,7 @@ def test_an_estimate_is_the_median_of_like_runs_on_this_kind_of_device_scaled_to
 
 
 def test_the_projection_follows_the_matrix_order_waits_and_slots():
-    from mnist_repro.estimate import duration, makespan
+    from mnist_repro.parallel.estimate import duration, makespan
 
     waits = {"d": set(), "a": {"d"}, "b": {"d"}, "c": {"d"}, "bench": {"d"}, "t": {"a", "b", "c"}}
     seconds = {"d": 10, "a": 100, "b": 60, "c": 60, "bench": 30, "t": 5}
@@ -250,7 +254,7 @@ def test_the_projection_follows_the_matrix_order_waits_and_slots():
 
 
 def test_the_time_left_follows_the_finished_runs_and_the_running_runs_epochs():
-    from mnist_repro.matrix import Progress, make_plan, read_dag
+    from mnist_repro.parallel.matrix import Progress, make_plan, read_dag
 
     changed = [{"changed deps": {"src/x.py": "modified"}}]
     plan = make_plan(*read_dag(DOT), {"train@a": changed, "seed@a-2": changed})
@@ -268,8 +272,8 @@ def test_the_time_left_follows_the_finished_runs_and_the_running_runs_epochs():
 def test_every_run_of_the_table_and_its_checks_has_a_recipe_to_estimate():
     """Each stage of the groups estimate.stage_recipes knows is a stage of dvc.yaml, and each of
     dvc.yaml's stages of those groups has a recipe (a group it does not know is 'not estimated')."""
-    from mnist_repro.config import load_params
-    from mnist_repro.estimate import committed_runs, stage_recipes
+    from mnist_repro.core.config import load_params
+    from mnist_repro.parallel.estimate import committed_runs, stage_recipes
 
     listed = sh([*DVC, "stage", "list", "--name-only"], REPO, os.environ.copy()).stdout.split()
     recipes = stage_recipes(load_params(REPO / "params.yaml"))

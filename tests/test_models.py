@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_repro.config import load_params
-from mnist_repro.models import ConvBlock, Dropout, build_model, count_parameters
-from mnist_repro.reference import load_reference
+from mnist_repro.core.config import load_params
+from mnist_repro.core.models import ConvBlock, Dropout, build_model, count_parameters
+from mnist_repro.compare.reference import load_reference
 
 # The published table (reference/variants.md, reference/published.json), pinned exactly.
 PUBLISHED_PARAMS = {
@@ -69,7 +69,7 @@ def test_every_model_of_the_search_record_builds_with_its_recorded_count(repo_ro
 
 
 def test_a_family_name_spells_its_widths():
-    from mnist_repro.models import MODELS, compact, separable
+    from mnist_repro.core.models import MODELS, compact, separable
     for name, family, widths in (("c8-8-12-12-16", compact, (8, 8, 12, 12, 16)),
                                  ("s16-16-24-24-32-32", separable, (16, 16, 24, 24, 32, 32)),
                                  ("c4-4-4-4-4-4-4", compact, (4,) * 7)):  # never searched: any width builds
@@ -89,7 +89,7 @@ def test_a_family_name_spells_its_widths():
     ("s8-8-8-8-8-8-8-8", "model 's8-8-8-8-8-8-8-8': 8 conv widths; separable takes 5 to 7"),
 ])
 def test_an_unbuildable_name_gets_one_line_saying_why(name, reason):
-    from mnist_repro.models import MODELS, unbuildable
+    from mnist_repro.core.models import MODELS, unbuildable
     assert unbuildable(name).startswith(reason) and "\n" not in unbuildable(name)
     assert name not in MODELS
     with pytest.raises(ValueError) as info:
@@ -98,7 +98,7 @@ def test_an_unbuildable_name_gets_one_line_saying_why(name, reason):
 
 
 def test_separable_splits_each_3x3_after_the_first_into_depthwise_and_1x1():
-    from mnist_repro.models import separable
+    from mnist_repro.core.models import separable
     model = separable((16, 16, 32, 32, 32), 0.0)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     # the first conv, then (depthwise 3x3, 1x1) per further conv, then the "FC"
@@ -109,7 +109,7 @@ def test_separable_splits_each_3x3_after_the_first_into_depthwise_and_1x1():
 
 
 def test_compact_maps_shrink_by_two_per_conv_after_the_pool():
-    from mnist_repro.models import compact
+    from mnist_repro.core.models import compact
     five, six = compact((8, 8, 12, 12, 16), 0.0), compact((6, 8, 10, 10, 12, 14), 0.0)
     assert (five[-3].kernel_size, six[-3].kernel_size) == (6, 4)  # the GAP covers the whole last map
     assert six(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

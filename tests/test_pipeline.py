@@ -1,6 +1,6 @@
 """End to end: the whole `dvc repro` on a slice (conftest's finished_pipeline: a throw-away git +
 DVC copy of the project), what it wrote and did not write, its stage logs. Expectations come from
-the copy's params.yaml (through mnist_repro.config: seeds_of, stage_of) and `dvc stage list`, not
+the copy's params.yaml (through mnist_repro.core.config: seeds_of, stage_of) and `dvc stage list`, not
 from a fixed list of stages, so a stage added later keeps them valid."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DVC, lock_outs, sh, tree_digests
+from support.projects import DVC, lock_outs, sh, tree_digests
 
-from mnist_repro.config import load_params
+from mnist_repro.core.config import load_params
 
 pytestmark = pytest.mark.slow  # every test here reads the one `dvc repro` of conftest's finished_pipeline
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from support.projects import REPO
 
 DVC = (sys.executable, "-m", "dvc")
 # The columns of metrics/curves.json (mnist_repro.report.outputs.curve_rows); "variant" and "epoch" are the keys.

@@ -1,4 +1,4 @@
-"""The provenance record (mnist_repro.provenance): when each decision was fixed and how many test-set
+"""The provenance record (mnist_repro.compare.provenance): when each decision was fixed and how many test-set
 results were committed then, on small git histories made here, on a checkout without history, and on
 this repository (the committed metrics/provenance.json is what its history gives); and no prose in
 README, docs, params.yaml's comments or the report's templates says a decision was made "before" the
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, git_init, sh
+from support.projects import REPO, git_init, sh
 
-from mnist_repro.provenance import BEFORE, NOT_COMMITTED, build_record
+from mnist_repro.compare.provenance import BEFORE, NOT_COMMITTED, build_record
 from mnist_repro.report.decisions import provenance_section, seed_ranges, when
 
 PARAMS = {"train": {"seed": 1}, "defaults": {"optimizer": "sgd", "lr": 0.01},

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (DVC, TRAIN_OUTPUTS, experiments, git_commit, init_project, project_env, run_together, sh,
-                      train_cmd)
+from support.processes import TRAIN_OUTPUTS, run_together, train_cmd
+from support.projects import DVC, experiments, git_commit, init_project, project_env, sh
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
 

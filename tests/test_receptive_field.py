@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from mnist_repro.models import MODELS, ConvBlock, build_model, count_parameters
-from mnist_repro.receptive_field import layer_table
+from mnist_repro.core.models import MODELS, ConvBlock, build_model, count_parameters
+from mnist_repro.report.receptive_field import layer_table
 
 
 def rf_path(rows):

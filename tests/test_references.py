@@ -179,12 +179,12 @@ def test_code_strings_name_only_modules_and_paths_that_exist():
 @pytest.mark.parametrize("text, expected", [
     ("run `python -m mnist_repro.nowhere x`", ["`python -m mnist_repro.nowhere`: no such module"]),
     ("see [the spec](INTERFACES_NOT_HERE.md)", ["INTERFACES_NOT_HERE.md: no such path"]),
-    ("the record (mnist_repro.nowhere) and mnist_repro.run_files.read_searches",
+    ("the record (mnist_repro.nowhere) and mnist_repro.compare.run_files.read_searches",
      ["mnist_repro.nowhere: no such module in src/"]),
     ("slurm script ${SCRIPT:?submit with slurm/no_such.sh} and metrics/runs/$variant/seed_$seed.json",
      ["slurm/no_such.sh: no such path"]),
     ("written to metrics/nothing_like_this/<variant>.json", ["metrics/nothing_like_this/<variant>.json: no such path"]),
-    ("python -m mnist_repro.launch and docs/pipeline.md and metrics/runs/<variant>/seed_1.json", []),
+    ("python -m mnist_repro.training.launch and docs/pipeline.md and metrics/runs/<variant>/seed_1.json", []),
     ("outputs under data/MNIST and models/x.pt are not in a clone", []),
     ("a stage writes metrics/table/<step>_<variant>.json", []),
 ])

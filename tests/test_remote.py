@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DVC, git_clone, git_commit, sh
+from support.projects import DVC, git_clone, git_commit, sh
 
 pytestmark = pytest.mark.slow  # a finished pipeline, pushed, cloned and pulled
 

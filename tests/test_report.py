@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_repro.figures import zoom_limits
+from mnist_repro.report.figures import zoom_limits
 
 VARIANTS = ["basic_setup", "skeleton", "batch_norm", "dropout", "fc_after_gap", "augmentation", "lr_scheduler"]
 FIGURES = {f"{v}_vs_published.png" for v in VARIANTS} | {"test_accuracy_overlay.png", "misclassified_lr_scheduler.png"}
@@ -444,8 +444,8 @@ def test_a_confirmation_not_run_yet_says_the_command(full, tmp_path, run_stage, 
     (lambda r: r["uses"][0]["runs"][1].pop("final_test_acc"), "entries need seed, best_test_acc and final_test_acc"),
 ])
 def test_a_malformed_test_set_uses_record_is_one_line(full, tmp_path, edit, message):
-    from mnist_repro.errors import InputFileError
-    from mnist_repro.run_files import read_test_set_uses
+    from mnist_repro.core.errors import InputFileError
+    from mnist_repro.compare.run_files import read_test_set_uses
 
     raw = json.loads((full / "metrics/search/test_set_uses.json").read_text())
     edit(raw)
@@ -473,8 +473,8 @@ def test_the_cross_variant_pattern_by_hand(repo_root):
     SD 0.1, so every difference d has variance 0.1² · (1 + 1/3) = 0.013333 and equal weight."""
     from types import SimpleNamespace
 
-    from mnist_repro.config import load_params
-    from mnist_repro.reference import load_reference
+    from mnist_repro.core.config import load_params
+    from mnist_repro.compare.reference import load_reference
     from mnist_repro.report.across import across_section
 
     params, reference = load_params(repo_root / "params.yaml"), load_reference(repo_root / "reference/published.json")

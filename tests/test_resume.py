@@ -24,17 +24,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (DVC, REPO, Started, error_lines, init_project, project_env, run_cmd, run_until_checkpoint,
-                      sh, train_cmd)
+from support.processes import Started, error_lines, run_cmd, run_until_checkpoint, train_cmd
+from support.projects import DVC, REPO, init_project, project_env, sh
 
-from mnist_repro import checkpoint as ckpt_module
-from mnist_repro import cli
-from mnist_repro.checkpoint import THREADS_ENV, Checkpoint
-from mnist_repro.config import load_params
-from mnist_repro.errors import ParamsError
-from mnist_repro.launch import make_accelerator
-from mnist_repro.summary import WIDTH, summary_lines
-from mnist_repro.train import run_training
+from mnist_repro.training import checkpoint as ckpt_module
+from mnist_repro.core import cli
+from mnist_repro.training.checkpoint import THREADS_ENV, Checkpoint
+from mnist_repro.core.config import load_params
+from mnist_repro.core.errors import ParamsError
+from mnist_repro.training.launch import make_accelerator
+from mnist_repro.training.summary import WIDTH, summary_lines
+from mnist_repro.training.train import run_training
 
 VARIANT = "lr_scheduler"
 QUICK = {"train.batch_size": 64, "train.cpu_threads": 1}

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, git_clone, git_commit, load_script
+from support.projects import REPO, git_clone, git_commit, load_script
 
 same_results = load_script("research/same_results.py")
 

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import DVC, REPO, load_script, sh
+from support.projects import DVC, REPO, load_script, sh
 
-from mnist_repro.config import load_params
-from mnist_repro.report import search_section
+from mnist_repro.core.config import load_params
+from mnist_repro.report.search import search_section
 
 search = load_script("research/search.py")
 overrides, rank = search.overrides, search.rank
@@ -105,7 +105,7 @@ def test_a_holdout_experiment_is_recorded_with_its_command(finished_pipeline, co
 
 
 def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
-    from mnist_repro.errors import SearchError
+    from mnist_repro.core.errors import SearchError
     with pytest.raises(SearchError, match="is not a DVC project; run this from the project's root or pass --repo"):
         search.collect("under_5k", repo=str(tmp_path))
 
@@ -113,8 +113,8 @@ def test_outside_a_dvc_project_it_says_so_in_one_line(tmp_path):
 def test_an_experiments_recipe_is_its_params_as_config_reads_them():
     import copy
 
-    from mnist_repro.config import Yaml12Loader
-    from mnist_repro.errors import ParamsError
+    from mnist_repro.core.config import Yaml12Loader
+    from mnist_repro.core.errors import ParamsError
 
     baseline = yaml.load((REPO / "params.yaml").read_text(), Loader=Yaml12Loader)
     params = copy.deepcopy(baseline)
@@ -142,8 +142,8 @@ def test_the_records_experiments_read_back_from_their_baselines_as_recorded():
     (older layouts) with the experiment's overrides gives the recorded recipe, or names the key it lacks."""
     import subprocess
 
-    from mnist_repro.config import Yaml12Loader
-    from mnist_repro.errors import ParamsError
+    from mnist_repro.core.config import Yaml12Loader
+    from mnist_repro.core.errors import ParamsError
 
     experiments = json.loads((REPO / "metrics/search/under_5k.json").read_text())["experiments"]
     read, skipped = 0, set()
@@ -215,7 +215,7 @@ def test_the_sweep_queues_at_head_exactly_the_recorded_experiments(tmp_path):
     the recipe, seed and validation split are the ones the record says it ran with."""
     from dvc.utils.hydra import apply_overrides
 
-    from mnist_repro.config import load_params
+    from mnist_repro.core.config import load_params
 
     record = {e["experiment"]: e for e in json.loads((REPO / "metrics/search/under_5k.json").read_text())["experiments"]}
     made = {}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DVC, launch_flags, project_env, sh, tree_digests
+from support.processes import launch_flags
+from support.projects import DVC, project_env, sh, tree_digests
 from test_matrix import TRAINING, assert_clean_and_locked, make_matrix_project
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC

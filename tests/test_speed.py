@@ -9,15 +9,15 @@ import json
 
 import pytest
 import torch
-from conftest import ONE_THREAD, error_lines, run_cmd, train_cmd, without_timing
+from support.processes import ONE_THREAD, error_lines, run_cmd, train_cmd, without_timing
 from torch._inductor import config as inductor
 
-from mnist_repro import speed
-from mnist_repro.config import parse_params
-from mnist_repro.errors import InputFileError, ParamsError
+from mnist_repro.training import speed
+from mnist_repro.core.config import parse_params
+from mnist_repro.core.errors import InputFileError, ParamsError
 from mnist_repro.report.compile_check import compile_check_section, expected_power, read_compile_check
-from mnist_repro.run_files import RUN_KEYS
-from mnist_repro.stats import welch
+from mnist_repro.compare.run_files import RUN_KEYS
+from mnist_repro.compare.stats import welch
 
 NO_COMPILER = (None, "no-such-c++")  # inductor's compiler search: conda's gcc (off unless asked), then $CXX
 COMPILER_LINE = ("error: train.compile: inductor compiles C++ kernels on a CPU and finds no C++ compiler (g++, "

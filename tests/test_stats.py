@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mnist_repro.stats import (TOO_FEW, Difference, also_contains, describe, detectable_shift, mean_curve,
+from mnist_repro.compare.stats import (TOO_FEW, Difference, also_contains, describe, detectable_shift, mean_curve,
                                pooled_shift, prediction_interval, sign_test, t_cdf, t_quantile, welch)
 
 

@@ -18,21 +18,21 @@ import types
 
 import pytest
 import torch
-from conftest import (ONE_THREAD, Started, evaluate_saved, run_cmd, run_until_checkpoint,
-                      train_cmd, without_timing)
+from support.processes import (ONE_THREAD, Started, evaluate_saved, run_cmd, run_until_checkpoint, train_cmd,
+                               without_timing)
 from torch.overrides import TorchFunctionMode
 
-from mnist_repro import train
-from mnist_repro.config import load_params
-from mnist_repro.errors import DivergedError, ParamsError
-from mnist_repro.data import load_split
-from mnist_repro.models import build_model
-from mnist_repro.checkpoint import Checkpoint, run_fingerprint
-from mnist_repro.device_data import load_datasets
-from mnist_repro.launch import make_accelerator
-from mnist_repro.published_path import rerun_and_write
-from mnist_repro.summary import launch_record, misclassified
-from mnist_repro.train import run_training
+from mnist_repro.training import train
+from mnist_repro.core.config import load_params
+from mnist_repro.core.errors import DivergedError, ParamsError
+from mnist_repro.core.data import load_split
+from mnist_repro.core.models import build_model
+from mnist_repro.training.checkpoint import Checkpoint, run_fingerprint
+from mnist_repro.training.device_data import load_datasets
+from mnist_repro.training.launch import make_accelerator
+from mnist_repro.training.published_path import rerun_and_write
+from mnist_repro.training.summary import launch_record, misclassified
+from mnist_repro.training.train import run_training
 
 TRAIN_LIMIT, TEST_LIMIT, BATCH, EPOCHS = 500, 200, 64, 3  # 500/64: a short last batch, 8 steps
 QUICK = {"train.batch_size": BATCH, **ONE_THREAD}  # params overrides of every run here
@@ -351,7 +351,7 @@ def test_ctrl_c_says_in_one_line_how_to_resume_and_the_rerun_resumes(setup, unin
 
 
 def test_under_dvc_the_line_names_the_stage_to_repro(setup, tmp_path, monkeypatch):
-    from mnist_repro import cli
+    from mnist_repro.core import cli
 
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.setenv("DVC_STAGE", "compare")

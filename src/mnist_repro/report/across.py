@@ -8,9 +8,9 @@ repository can and cannot test about it.
 
 from __future__ import annotations
 
-from ..markdown import markdown_table, pct, signed
-from ..stats import LEVEL, MIN_RUNS, describe, pooled_shift, sign_test
-from ..table import METRICS, published_values
+from .markdown import markdown_table, pct, signed
+from ..compare.stats import LEVEL, MIN_RUNS, describe, pooled_shift, sign_test
+from ..compare.table import METRICS, published_values
 from .inputs import ReportInputs
 
 LABEL = {"fin": "final test", "best": "best test"}

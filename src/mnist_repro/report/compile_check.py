@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import NormalDist, stdev
 
-from ..config import Params
-from ..markdown import markdown_table, names, pct, signed
-from ..run_files import RUN_KEYS, _runs_and_histories, seed_file
-from ..stats import LEVEL, sign_test, t_quantile, welch
+from ..core.config import Params
+from .markdown import markdown_table, names, pct, signed
+from ..compare.run_files import RUN_KEYS, _runs_and_histories, seed_file
+from ..compare.stats import LEVEL, sign_test, t_quantile, welch
 
 KEYS = {"best test": "best_test_acc", "final test": "final_test_acc"}
 

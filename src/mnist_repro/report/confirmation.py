@@ -4,9 +4,9 @@ provenance record)."""
 
 from __future__ import annotations
 
-from ..markdown import markdown_table, pct, plural
-from ..run_files import confirmation_note
-from ..stats import describe, prediction_interval
+from .markdown import markdown_table, pct, plural
+from ..compare.run_files import confirmation_note
+from ..compare.stats import describe, prediction_interval
 from .decisions import when
 from .inputs import ReportInputs
 

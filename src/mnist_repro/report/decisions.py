@@ -1,11 +1,11 @@
 """The report's provenance section: when each decision behind the table was fixed, and how many
-test-set results were committed then (mnist_repro.provenance's record). Every sentence here
+test-set results were committed then (mnist_repro.compare.provenance's record). Every sentence here
 about when something was decided is produced from the record."""
 
 from __future__ import annotations
 
-from ..markdown import markdown_table
-from ..provenance import BEFORE, NOT_COMMITTED
+from .markdown import markdown_table
+from ..compare.provenance import BEFORE, NOT_COMMITTED
 
 
 def _commit(entry: dict) -> str:
@@ -83,7 +83,7 @@ def provenance_section(record: dict) -> list[str]:
         line = record.get("history", "no provenance record")
         return [line[:1].upper() + line[1:] + "."]
     summary = record["summary"]
-    lines = [f"Read from git history by `mnist_repro.provenance` into `metrics/provenance.json`: of "
+    lines = [f"Read from git history by `mnist_repro.compare.provenance` into `metrics/provenance.json`: of "
              f"{summary['decisions']} decisions behind the table, {summary[BEFORE]} are `{BEFORE}`, "
              f"{summary['fixed after results']} are fixed after test-set results that could have informed them"
              + (f", {summary[NOT_COMMITTED]} are not committed yet" if summary[NOT_COMMITTED] else "")

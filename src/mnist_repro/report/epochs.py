@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..markdown import markdown_table, plural
-from ..reference import PublishedRun
-from ..run_files import published_path_note
-from ..stats import (CHANCE_ACC, GAP_AFTER_EPOCH, SWING_EPOCHS, TREND_EPOCHS, largest_gap, largest_swing, mean_curve,
+from .markdown import markdown_table, plural
+from ..compare.reference import PublishedRun
+from ..compare.run_files import published_path_note
+from ..compare.stats import (CHANCE_ACC, GAP_AFTER_EPOCH, SWING_EPOCHS, TREND_EPOCHS, largest_gap, largest_swing, mean_curve,
                      prediction_interval, stalled_epochs, trend)
-from ..table import same_seed_difference
+from ..compare.table import same_seed_difference
 from .inputs import ReportInputs
 
 

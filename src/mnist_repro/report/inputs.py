@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Params, VariantConfig, load_params
-from ..precision import read_precision_runs
-from ..provenance import build_record
-from ..reference import Reference, load_reference
-from ..run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
+from ..core.config import Params, VariantConfig, load_params
+from .precision import read_precision_runs
+from ..compare.provenance import build_record
+from ..compare.reference import Reference, load_reference
+from ..compare.run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
                          read_searches, read_test_set_uses)
-from ..table import read_table
+from ..compare.table import read_table
 from .compile_check import read_compile_check
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from statistics import mean
 
-from ..config import Params, VariantConfig
-from ..markdown import duration, markdown_table, plural
-from ..models import build_model, count_parameters
-from ..receptive_field import layer_table
-from ..reference import Reference
+from ..core.config import Params, VariantConfig
+from .markdown import duration, markdown_table, plural
+from ..core.models import build_model, count_parameters
+from .receptive_field import layer_table
+from ..compare.reference import Reference
 from .inputs import ReportInputs
 
 
@@ -75,7 +75,7 @@ def model_cards(params: Params) -> list[str]:
     headers = ["#", "Layer", "In ch", "Out ch", "k", "s", "p", "n in", "n out", "j in", "j out",
                "RF in", "RF out", "Output (C×H×W)", "Params"]
     lines = [
-        "Computed from the models in `src/mnist_repro/models.py` (one dummy forward pass for the shapes) with "
+        "Computed from the models in `src/mnist_repro/core/models.py` (one dummy forward pass for the shapes) with "
         "n_out = ⌊(n_in + 2p − k)/s⌋ + 1, j_out = j_in·s, r_out = r_in + (k − 1)·j_in, from n = 28, j = 1, r = 1. "
         "A conv row's parameters include the block's BatchNorm. A 1×1 convolution never grows the receptive "
         "field; the published README's table, which grows it, has slips.",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import load_split
-from ..errors import InputFileError
-from ..figures import comparison_figure, misclassified_figure, overlay_figure
-from ..files import write_json
-from ..stats import mean_curve
+from ..core.data import load_split
+from ..core.errors import InputFileError
+from .figures import comparison_figure, misclassified_figure, overlay_figure
+from ..core.files import write_json
+from ..compare.stats import mean_curve
 from .inputs import ReportInputs
 
 MISCLASSIFIED_SHOWN = 25

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..markdown import markdown_table, pct, signed
-from ..run_files import published_path_note
-from ..stats import LEVEL
-from ..table import same_seed_difference, same_seeds
+from .markdown import markdown_table, pct, signed
+from ..compare.run_files import published_path_note
+from ..compare.stats import LEVEL
+from ..compare.table import same_seed_difference, same_seeds
 from .decisions import entry_of, when
 from .inputs import ReportInputs
 

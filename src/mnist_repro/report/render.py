@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..markdown import link
+from .markdown import link
 from .across import across_section
 from .confirmation import confirmation_section
 from .decisions import provenance_section

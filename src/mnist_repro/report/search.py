@@ -3,8 +3,8 @@ validation split, what one change at a time did, and which candidate params.yaml
 
 from __future__ import annotations
 
-from ..config import Params
-from ..markdown import markdown_table
+from ..core.config import Params
+from .markdown import markdown_table
 
 # Overrides every experiment of a search shares by construction; the tables leave them out.
 SEARCH_FIXED = ("train.holdout", "train.cpu_threads")

@@ -3,10 +3,10 @@ where the write-up disagrees with its own logs, and every seed."""
 
 from __future__ import annotations
 
-from ..markdown import markdown_table, names, pair, pct, plural
-from ..stats import (LEVEL, MIN_RUNS, POWER, TOO_FEW, also_contains, detectable_shift, prediction_interval,
+from .markdown import markdown_table, names, pair, pct, plural
+from ..compare.stats import (LEVEL, MIN_RUNS, POWER, TOO_FEW, also_contains, detectable_shift, prediction_interval,
                      seed_summary, t_quantile)
-from ..table import METRICS, NOT_RUN, published_values
+from ..compare.table import METRICS, NOT_RUN, published_values
 from .inputs import ReportInputs
 
 LABEL = {"best": "best test", "fin": "final test"}

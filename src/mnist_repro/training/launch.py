@@ -18,8 +18,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from .config import LaunchConfig
-from .errors import ParamsError
+from ..core.config import LaunchConfig
+from ..core.errors import ParamsError
 
 
 def available_cores() -> int:
@@ -91,11 +91,11 @@ def quiet_launch(argv=None) -> int:
     (CalledProcessError, or torch's ChildFailedError report of ~35 lines), and a Ctrl-C
     with a KeyboardInterrupt or SignalException traceback, whatever its flags (--quiet
     covers only one process's failure). Here the stage has already said what happened in
-    one line (mnist_repro.cli), so this exits with the stage's status and says nothing,
+    one line (mnist_repro.core.cli), so this exits with the stage's status and says nothing,
     except for a process killed by a signal, which could not speak for itself.
     A request for N > 1 processes that Accelerate would answer with one (no --multi_gpu)
     stops with one line naming the missing flag.
-    Usage: python -m mnist_repro.launch <accelerate launch flags> stages/train.py ...
+    Usage: python -m mnist_repro.training.launch <accelerate launch flags> stages/train.py ...
     """
     import logging
     import signal

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
 
 # Test seam and override: the device ids to hand out ("0,1"; "" = none), instead of
 # the GPUs CUDA_VISIBLE_DEVICES names or torch counts.

@@ -16,7 +16,7 @@ runs the notebooks' path here):
   torch.compile can run here (speed.compile_problem); its speed on this machine is what
   decides the default (docs/speed.md).
 
-Each path runs in its own process (python -m mnist_repro.benchmark --worker): the allocator
+Each path runs in its own process (python -m mnist_repro.training.benchmark --worker): the allocator
 setting cannot be undone inside a process, and the published path must run as it did, with
 glibc's default allocator. Repeats rotate which path goes first, so drift in machine speed
 (other jobs, thermal, noisy neighbours) hits all; medians are reported. In each of our
@@ -39,12 +39,12 @@ import time
 import torch
 
 from . import published_path
-from .config import Params, TrainConfig, VariantConfig
+from ..core.config import Params, TrainConfig, VariantConfig
 from .device_data import DeviceData, global_batches, load_datasets, steps_per_epoch
-from .errors import ParamsError
-from .files import write_json
+from ..core.errors import ParamsError
+from ..core.files import write_json
 from .launch import cpu_threads_per_process, describe_device, make_accelerator
-from .models import build_model
+from ..core.models import build_model
 from .published_path import published_loader
 from .speed import compile_problem, keep_freed_memory
 from .train import build_optimizer, build_scheduler, evaluate, step_forward, train_one_epoch
@@ -159,7 +159,7 @@ def paths(cfg: TrainConfig, mixed_precision: str, device: torch.device) -> tuple
 
 
 def worker(spec: dict) -> dict:
-    """One path, one repeat, in this process (``python -m mnist_repro.benchmark --worker``)."""
+    """One path, one repeat, in this process (``python -m mnist_repro.training.benchmark --worker``)."""
     cfg, variant = TrainConfig(**spec["train"]), VariantConfig(**spec["variant"])
     kept = cfg.keep_freed_memory and keep_freed_memory()  # first: before the data's allocations
     torch.set_num_threads(cpu_threads_per_process(cfg.cpu_threads))
@@ -176,7 +176,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "mnist_repro.benchmark", "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "mnist_repro.training.benchmark", "--worker", json.dumps(spec)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode:
         raise RuntimeError(f"benchmark path {spec['path']} failed:\n{proc.stderr[-3000:]}")

@@ -13,8 +13,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .files import atomic_path
-from .stats import GAP_AFTER_EPOCH
+from ..core.files import atomic_path
+from ..compare.stats import GAP_AFTER_EPOCH
 
 DPI = 110
 ZOOM_BOTTOM = 97.0  # percent; below this the curves are still climbing and say little

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets, transforms
 
-from .config import Params
-from .data import require_mnist
-from .files import write_json
+from ..core.config import Params
+from ..core.data import require_mnist
+from ..core.files import write_json
 from .launch import cpu_threads_per_process
-from .models import build_model, count_parameters
+from ..core.models import build_model, count_parameters
 from .summary import launch_record, summarize
 from .train import build_optimizer, build_scheduler
 

@@ -39,9 +39,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather, set_seed
 
-from .config import TrainConfig, VariantConfig
-from .errors import ParamsError
-from .files import write_json
+from ..core.config import TrainConfig, VariantConfig
+from ..core.errors import ParamsError
+from ..core.files import write_json
 from .launch import num_machines
 
 KEEP = 2  # complete states kept per node: a node one manifest behind still shares an epoch

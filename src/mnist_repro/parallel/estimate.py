@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Params
+from ..core.config import Params
 
 RUN_KEYS = {"variant", "data_path", "mixed_precision", "epochs", "train_images", "device_name", "wall_seconds"}
 
@@ -25,7 +25,7 @@ RUN_KEYS = {"variant", "data_path", "mixed_precision", "epochs", "train_images",
 class Recipe:
     """What one training stage trains, in its run file's terms."""
     variant: str
-    data_path: str          # "ours" or "published" (mnist_repro.summary.DATA_PATHS)
+    data_path: str          # "ours" or "published" (mnist_repro.training.summary.DATA_PATHS)
     mixed_precision: str
 
 
@@ -108,7 +108,7 @@ def makespan(order: list[str], waits: dict[str, set], seconds: dict[str, float],
              alone=(), busy: list[float] = ()) -> float:
     """Seconds until every stage of `order` is done when each starts, in order, as soon as the
     stages it waits for are done and a slot is free (a stage in `alone` once nothing else runs,
-    with every slot), as mnist_repro.matrix starts them; `busy`: the time left of runs already
+    with every slot), as mnist_repro.parallel.matrix starts them; `busy`: the time left of runs already
     in slots. A projection of the times given, not a measurement."""
     free = [0.0] * max(0, slots - len(busy)) + sorted(busy)
     free.sort()

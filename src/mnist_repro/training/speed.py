@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from .errors import ParamsError
+from ..core.errors import ParamsError
 
 # glibc's mallopt parameters (malloc.h) and the values kept: every block up to the largest
 # mmap threshold glibc accepts on 64-bit (32 MiB) comes from the heap, which is trimmed

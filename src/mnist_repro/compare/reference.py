@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputFileError
+from ..core.errors import InputFileError
 from .run_files import read_input
 
 TABLE_KEYS = {"params": int, "best_train": float, "best_test": float}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .augment import augment_batch
-from .config import TrainConfig
-from .data import load_split
-from .errors import ParamsError
+from ..core.config import TrainConfig
+from ..core.data import load_split
+from ..core.errors import ParamsError
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The pipeline's pending stages, run k at a time in one workspace, each pinned to its own slot.
 
-    python -m mnist_repro.matrix run                 # this host: every GPU, or every core, busy
-    python -m mnist_repro.matrix run --dry           # the plan: stages, what each waits for, the estimate
-    python -m mnist_repro.matrix prepare --out F     # Slurm: upstream stages now, the array's stages in F
-    python -m mnist_repro.matrix task --stages F --index I   # Slurm array task I: one stage
-    python -m mnist_repro.matrix gather --stages F   # Slurm: check every array stage, then the rest
+    python -m mnist_repro.parallel.matrix run                 # this host: every GPU, or every core, busy
+    python -m mnist_repro.parallel.matrix run --dry           # the plan: stages, what each waits for, the estimate
+    python -m mnist_repro.parallel.matrix prepare --out F     # Slurm: upstream stages now, the array's stages in F
+    python -m mnist_repro.parallel.matrix task --stages F --index I   # Slurm array task I: one stage
+    python -m mnist_repro.parallel.matrix gather --stages F   # Slurm: check every array stage, then the rest
 
 DVC does the work: every stage runs as ``dvc --wait-for-lock repro -s <stage>`` in the
 one checkout. DVC releases the repo lock while a stage's command runs and guards each
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
 from .estimate import Estimator, committed_runs, duration, makespan, stage_recipes
 from .slots import (Slot, SlotError, SlotPool, allowed_cores, check_lock_dir, core_ranges, host_slots,
                     visible_gpus)
@@ -158,7 +158,7 @@ def repro_cmd(stage: str) -> list[str]:
 
 def last_line(path: Path) -> str | None:
     """What a stopped or failed stage said last in its log: its own one line (``error: ...``,
-    ``interrupted: ...``, mnist_repro.cli), else DVC's ``ERROR: ...``."""
+    ``interrupted: ...``, mnist_repro.core.cli), else DVC's ``ERROR: ...``."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").split("\n")]
     except OSError:
@@ -348,7 +348,7 @@ def interrupted(done: list, failed: dict, todo: list, log) -> None:
 
 def launch_width(root: Path) -> int:
     """Processes per run (params.yaml's launch.num_processes): the devices one slot holds."""
-    from .config import load_params
+    from ..core.config import load_params
 
     launch = load_params(Path(root) / "params.yaml").launch
     if launch.num_machines > 1:
@@ -361,7 +361,7 @@ def device_name(slot: Slot) -> str:
     """What a run file's device_name would say for a run in this slot (launch.describe_device)."""
     import torch
 
-    from .launch import describe_device
+    from ..training.launch import describe_device
 
     if slot.gpus:   # a GPU torch cannot see (MNIST_REPRO_GPUS on a host without CUDA) has no name
         return describe_device(torch.device("cuda", 0)) if torch.cuda.is_available() else f"gpu {slot.gpus[0]}"
@@ -372,7 +372,7 @@ def device_name(slot: Slot) -> str:
 def estimates(root: Path, plan: Plan, here: str) -> tuple[dict[str, float], str]:
     """({training stage of the plan: estimated seconds}, where the estimates come from) for runs
     on device `here` (a device_name)."""
-    from .config import load_params
+    from ..core.config import load_params
 
     params = load_params(Path(root) / "params.yaml")
     recipes = stage_recipes(params)
@@ -407,7 +407,7 @@ def preview(plan: Plan, seconds: dict[str, float], source: str, slots: list[Slot
     look = "a look, not a result: `stages/train.py <variant> --quick` (README: Run one variant by hand)"
     if len(training) > 1:
         quick = min((s for s in training if s in seconds), key=seconds.get, default=training[0])
-        log(f"  faster: fewer runs, e.g. `python -m mnist_repro.matrix run {quick}`"
+        log(f"  faster: fewer runs, e.g. `python -m mnist_repro.parallel.matrix run {quick}`"
             + (f" (about {duration(seconds[quick])})" if quick in seconds else ""))
         log(f"  or {look}")
     else:
@@ -426,7 +426,7 @@ def read_stages(path: Path) -> list[str]:
     try:
         return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except FileNotFoundError:
-        raise MatrixError(f"{path}: no stage list; write it with `python -m mnist_repro.matrix prepare "
+        raise MatrixError(f"{path}: no stage list; write it with `python -m mnist_repro.parallel.matrix prepare "
                           f"--out {path}`") from None
 
 
@@ -501,7 +501,7 @@ def report_stale(root: Path, done: list[str], log=print) -> None:
         log(f"{head}; `dvc status`: up to date")
         return
     shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
-    log(f"{head}; still stale (`dvc status`): {shown}; `python -m mnist_repro.matrix run` brings them up to date")
+    log(f"{head}; still stale (`dvc status`): {shown}; `python -m mnist_repro.parallel.matrix run` brings them up to date")
 
 
 def check_jobs(jobs: int | None, slots: list[Slot]) -> list[Slot]:
@@ -546,7 +546,7 @@ def run(root: Path, targets, *, jobs=None, cores_per_slot=None, lock_dir=None, d
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_repro.matrix", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_repro.parallel.matrix", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_ = sub.add_parser("run", help="every pending stage on this host, k at a time, each in its own slot")
     run_.add_argument("targets", nargs="*", help="stages to bring up to date with their upstream (default: all)")
@@ -578,6 +578,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from .cli import run as cli_run
+    from ..core.cli import run as cli_run
 
     cli_run(main)

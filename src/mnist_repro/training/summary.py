@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from .config import TrainConfig
+from ..core.config import TrainConfig
 from .device_data import prepare_images
 from .launch import describe_device, num_machines
 

@@ -24,12 +24,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, agreed_resume, check_threads, keyed_root, resume_home, run_fingerprint
-from .config import Params, TrainConfig, VariantConfig
+from ..core.config import Params, TrainConfig, VariantConfig
 from .device_data import DeviceData, check_shares, global_batches, load_datasets, prepare_images, steps_per_epoch
-from .errors import DivergedError
-from .files import atomic_path, write_json
+from ..core.errors import DivergedError
+from ..core.files import atomic_path, write_json
 from .launch import check_launch, cpu_threads_per_process, describe_device, make_accelerator, node_index
-from .models import build_model, count_parameters
+from ..core.models import build_model, count_parameters
 from .speed import check_compile, keep_freed_memory
 from .summary import launch_record, misclassified, segment, summarize, summary_lines
 
@@ -72,7 +72,7 @@ def train_one_epoch(model, optimizer, scheduler, data: DeviceData, cfg: TrainCon
     bad_step = torch.full((), -1, device=dev, dtype=torch.long)  # first non-finite step, no sync
     batches = global_batches(len(data), cfg.batch_size, seed, epoch, dev)
     # A bar only on a terminal: stderr, or stdout where the launcher pipes stderr (Accelerate
-    # tees it: mnist_repro.launch, also under `dvc repro`). In a log file (the matrix's logs, a
+    # tees it: mnist_repro.training.launch, also under `dvc repro`). In a log file (the matrix's logs, a
     # captured output) a bar writes a line per refresh: print per epoch instead.
     tty = next((stream for stream in (sys.stderr, sys.stdout) if stream.isatty()), None)
     live = accelerator.is_local_main_process and tty is not None

@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import Params
-from .errors import InputFileError
+from ..core.config import Params
+from ..core.errors import InputFileError
 
 # What the comparison and the report read from a run file; train.summarize writes them all.
 RUN_KEYS = ("variant", "seed", "params", "best_train_acc", "best_test_acc", "best_test_epoch", "final_test_acc",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Params
-from .run_files import RUN_KEYS, checked, read_input, seed_file
+from ..core.config import Params
+from ..compare.run_files import RUN_KEYS, checked, read_input, seed_file
 
 
 def read_precision_runs(params: Params, precision_dir: str | Path, runs_dir: str | Path) -> list[dict]:

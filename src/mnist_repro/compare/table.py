@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Params
-from .errors import InputFileError
+from ..core.config import Params
+from ..core.errors import InputFileError
 from .reference import PublishedRun, Reference
 from .run_files import read_input
 from .stats import also_contains, prediction_interval, welch

@@ -51,8 +51,8 @@ from typing import Callable
 
 import yaml
 
-from .config import RECIPE_KEYS
-from .typed_yaml import Yaml12Loader
+from ..core.config import RECIPE_KEYS
+from ..core.typed_yaml import Yaml12Loader
 
 BEFORE = "fixed before any result"
 NOT_COMMITTED = "not committed yet"
@@ -361,7 +361,7 @@ def classify(history: History, decision: Decision) -> dict:
 def record_of(history: History | None, current: dict, why: str = "") -> dict:
     """metrics/provenance.json: every decision's entry, or one line saying why there is no history."""
     about = ("When each decision behind the table was fixed, and how many test-set results were committed then "
-             "(mnist_repro.provenance, from git history).")
+             "(mnist_repro.compare.provenance, from git history).")
     if history is None:
         return {"about": about, "history": f"no git history: {why}; when each decision was fixed cannot be read",
                 "rule": RULE, "decisions": [], "summary": {}}
