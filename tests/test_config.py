@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 
 import pytest
@@ -241,6 +242,23 @@ def test_int_is_accepted_where_float_is_expected(raw):
 def test_out_of_range_variant_values(raw, key, value):
     msg = rejected(raw, lambda r: r["variants"]["dropout"].update({key: value}))
     assert msg.startswith(f"variants.dropout.{key}:")
+
+
+@pytest.mark.parametrize("key,change", [
+    ("variants", {"lr": 0.0}), ("variants", {"optimizer": "nesterov", "momentum": 0.0}),
+    ("precision", {"mixed_precision": "no"}), ("benchmark", {"steps": -1}), ("benchmark", {"mixed_precision": "fp32"}),
+])
+def test_a_section_checks_itself_however_it_is_made(raw, key, change):
+    """Each dataclass checks its own values as it is made (__post_init__): a copy made with
+    dataclasses.replace, as tests and scripts make them, fails with parse_params's one-line error."""
+    def mutate(r):
+        (r["variants"]["dropout"] if key == "variants" else r[key]).update(change)
+    expected = rejected(raw, mutate)
+    made = parse_params(copy.deepcopy(raw))
+    section = made.variant("dropout") if key == "variants" else getattr(made, key)
+    with pytest.raises(ParamsError) as info:
+        dataclasses.replace(section, **change)
+    assert str(info.value) == expected and "\n" not in expected
 
 
 def test_nesterov_needs_momentum(raw):

@@ -2,7 +2,10 @@
 
 Every section becomes a frozen dataclass; an unknown key, a missing key, a value
 of the wrong type or out of range raises ``ParamsError`` naming the key path
-(``variants.lr_scheduler.lr``) and what would be accepted.
+(``variants.lr_scheduler.lr``) and what would be accepted. Each dataclass checks
+its own fields' ranges as it is made (``__post_init__``, so a ``dataclasses.replace``
+copy is checked too); ``parse_params`` checks what spans sections (a named variant
+exists, extra seeds exclude train.seed) and whether a variant's model builds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ class DownloadConfig:
 
 
 PRECISIONS = ("no", "bf16", "fp16")
+
+
+def _check_mixed_precision(key: str, value: str) -> None:
+    """A precision run or benchmark compares a mixed precision with fp32, so "no" is not one."""
+    if value not in PRECISIONS[1:]:
+        raise ParamsError(f"{key}: {value!r} is not a mixed precision to compare with fp32; "
+                          f"choose one of {', '.join(PRECISIONS[1:])}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,24 @@ class VariantConfig:
     augment: bool
     target: str
 
+    def __post_init__(self):
+        path = f"variants.{self.name}"
+        if self.schedule not in SCHEDULES:
+            raise ParamsError(f"{path}.schedule: unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ParamsError(f"{path}.optimizer: unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ParamsError(f"{path}.momentum: Nesterov SGD needs momentum > 0; raise it or use optimizer sgd")
+        if self.lr <= 0:
+            raise ParamsError(f"{path}.lr: must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ParamsError(f"{path}.momentum: must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.weight_decay < 0.1:
+            raise ParamsError(f"{path}.weight_decay: must be in [0, 0.1) (0 = none, as published; "
+                              f"5e-4 is a common value), got {self.weight_decay}")
+
 
 @dataclass(frozen=True)
 class SeedGroup:
@@ -118,6 +146,11 @@ class SeedGroup:
 class SeedsConfig(SeedGroup):
     """seeds: the main group (variants, extra; stage seed@) and the slow group (stage seed_slow@)."""
     slow: SeedGroup = SeedGroup((), ())
+
+    def __post_init__(self):
+        both = sorted(set(self.variants) & set(self.slow.variants))
+        if both:
+            raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
 
 
 @dataclass(frozen=True)
@@ -158,6 +191,9 @@ class PrecisionConfig:
     mixed_precision: str
     seeds: tuple
 
+    def __post_init__(self):
+        _check_mixed_precision("precision.mixed_precision", self.mixed_precision)
+
 
 @dataclass(frozen=True)
 class CompileCheckConfig(EquivalenceRuns):
@@ -172,6 +208,12 @@ class BenchmarkConfig:
     steps: int
     repeats: int
     mixed_precision: str = "bf16"
+
+    def __post_init__(self):
+        _check_mixed_precision("benchmark.mixed_precision", self.mixed_precision)
+        if self.steps < 0 or self.repeats <= 0:
+            raise ParamsError("benchmark.steps: must be 0 (one whole epoch) or a positive count, "
+                              "and benchmark.repeats a positive count")
 
 
 @dataclass(frozen=True)
@@ -228,25 +270,10 @@ def _build_variant(name: str, data: Any, defaults: dict) -> VariantConfig:
     missing = [k for k in RECIPE_KEYS if k not in data and k not in defaults]
     if missing:
         raise ParamsError(f"{path}.{missing[0]}: missing; set it under defaults (every variant) or here")
-    variant = build(VariantConfig, {**defaults, **data, "name": name}, path)
+    variant = build(VariantConfig, {**defaults, **data, "name": name}, path)  # its own ranges: __post_init__
     problem = unbuildable(variant.model)
     if problem:
         raise ParamsError(f"{path}.model: {problem}")
-    if variant.schedule not in SCHEDULES:
-        raise ParamsError(f"{path}.schedule: unknown schedule {variant.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if variant.optimizer not in OPTIMIZERS:
-        raise ParamsError(f"{path}.optimizer: unknown optimizer {variant.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if variant.optimizer == "nesterov" and variant.momentum == 0:
-        raise ParamsError(f"{path}.momentum: Nesterov SGD needs momentum > 0; raise it or use optimizer sgd")
-    if variant.lr <= 0:
-        raise ParamsError(f"{path}.lr: must be positive, got {variant.lr}")
-    if not 0 <= variant.momentum < 1:
-        raise ParamsError(f"{path}.momentum: must be in [0, 1), got {variant.momentum}")
-    if not 0 <= variant.dropout < 1:
-        raise ParamsError(f"{path}.dropout: must be in [0, 1), got {variant.dropout}")
-    if not 0 <= variant.weight_decay < 0.1:
-        raise ParamsError(f"{path}.weight_decay: must be in [0, 0.1) (0 = none, as published; "
-                          f"5e-4 is a common value), got {variant.weight_decay}")
     return variant
 
 
@@ -277,11 +304,7 @@ def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
     main.pop("slow", None)
     slow = build(SeedGroup, _seed_group(raw.get("slow", {"variants": [], "extra": []}), "seeds.slow", variants,
                                          train_seed), "seeds.slow")
-    seeds = build(SeedsConfig, {**main, "slow": slow}, "seeds")
-    both = sorted(set(seeds.variants) & set(slow.variants))
-    if both:
-        raise ParamsError(f"seeds.slow.variants: {both[0]!r} is also in seeds.variants; keep it in one")
-    return seeds
+    return build(SeedsConfig, {**main, "slow": slow}, "seeds")  # one group per variant: __post_init__
 
 
 SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
@@ -327,14 +350,6 @@ def parse_params(raw: Any) -> Params:
         name = getattr(params, key).variant
         if name not in params.variants:
             raise ParamsError(f"{key}.variant: {name!r} is not a variant; choose from {', '.join(params.variants)}")
-    for key, value in (("precision.mixed_precision", precision.mixed_precision),
-                       ("benchmark.mixed_precision", params.benchmark.mixed_precision)):
-        if value not in PRECISIONS[1:]:
-            raise ParamsError(f"{key}: {value!r} is not a mixed precision to compare with fp32; "
-                              f"choose one of {', '.join(PRECISIONS[1:])}")
-    if params.benchmark.steps < 0 or params.benchmark.repeats <= 0:
-        raise ParamsError("benchmark.steps: must be 0 (one whole epoch) or a positive count, "
-                          "and benchmark.repeats a positive count")
     return params
 
 
