@@ -20,7 +20,7 @@ from ..core.data import require_mnist
 from ..core.files import write_json
 from .launch import cpu_threads_per_process
 from ..core.models import build_model, count_parameters
-from .summary import launch_record, summarize
+from .summary import history_row, launch_record, summarize
 from .train import build_optimizer, build_scheduler
 
 
@@ -79,16 +79,13 @@ def test_epoch(model, loader) -> dict:
 
 
 def train_published(model, optimizer, scheduler, train_loader, test_loader, epochs: int, log=print) -> list[dict]:
-    """The notebooks' train/test loop; returns per-epoch numbers in our history's form."""
+    """The notebooks' train/test loop; returns per-epoch numbers in our history's form (summary.history_row)."""
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         tr = train_epoch(model, optimizer, scheduler, train_loader)
         te = test_epoch(model, test_loader)
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                        "test_loss": te["loss"], "test_acc": te["acc"], "lr": tr["lr"], "steps": tr["steps"],
-                        "train_images": tr["images"], "test_images": te["images"],
-                        "seconds": round(time.perf_counter() - start, 2)})
+        history.append(history_row(epoch, tr, te, time.perf_counter() - start))
         log(f"published path epoch {epoch}/{epochs}: train acc {tr['acc']:.2f}% | "
             f"test loss {te['loss']:.4f} acc {te['acc']:.2f}%")
     return history

@@ -1,6 +1,7 @@
-"""What a run file says: the per-run summary of a history, how and where the run ran (each
-session of a resumed run a segment of its own), the evaluation images the trained model gets
-wrong, and the few aligned lines a run prints at its end (the JSON stays in the run file).
+"""What a run file says: one epoch's row of a history, the per-run summary of a history, how
+and where the run ran (each session of a resumed run a segment of its own), the evaluation
+images the trained model gets wrong, and the few aligned lines a run prints at its end (the
+JSON stays in the run file).
 
 One summary for every data path: our training stage writes ``data_path: "ours"``,
 the published notebooks' rerun (published_path.py) ``"published"``, with the same keys,
@@ -38,6 +39,15 @@ def segment(first_epoch: int, last_epoch: int, *, started: float, ended: float, 
             "slot": os.environ.get(SLOT_ENV), "device_name": device_name,
             "started": timestamp(started), "ended": timestamp(ended),
             **({"override": override} if override else {})}
+
+
+def history_row(epoch: int, tr: dict, te: dict, seconds: float) -> dict:
+    """One epoch of a history, the same on both data paths (train.py, published_path.py):
+    ``tr`` the training pass's loss, acc, lr, steps and images, ``te`` the test pass's
+    loss, acc and images, ``seconds`` the two passes' wall time (kept to two decimals)."""
+    return {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+            "test_loss": te["loss"], "test_acc": te["acc"], "lr": tr["lr"], "steps": tr["steps"],
+            "train_images": tr["images"], "test_images": te["images"], "seconds": round(seconds, 2)}
 
 
 def summarize(history: list, *, variant: str, params: int, seed: int, wall_seconds: float, launch: dict,

@@ -31,7 +31,7 @@ from ..core.files import atomic_path, write_json
 from .launch import check_launch, cpu_threads_per_process, describe_device, make_accelerator, node_index
 from ..core.models import build_model, count_parameters
 from .speed import check_compile, keep_freed_memory
-from .summary import launch_record, misclassified, segment, summarize, summary_lines
+from .summary import history_row, launch_record, misclassified, segment, summarize, summary_lines
 
 LOG_EVERY = 20  # steps between progress-bar refreshes; each one costs a host-device sync
 QUICK = {"epochs": 1, "train_limit": 2048, "test_limit": 1000}  # stages/train.py --quick: a look, not a result
@@ -251,10 +251,7 @@ def run_training(variant: VariantConfig, cfg: TrainConfig, data_root, *, seed: i
                              forward)
         te = evaluate(raw_model, test_data, cfg, accelerator)
         seconds = time.perf_counter() - epoch_start  # training and test pass, not the checkpoint
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                        "test_loss": te["loss"], "test_acc": te["acc"], "lr": tr["lr"],
-                        "steps": tr["steps"], "train_images": tr["images"], "test_images": te["images"],
-                        "seconds": round(seconds, 2)})
+        history.append(history_row(epoch, tr, te, seconds))
         accelerator.print(
             f"{variant.name} epoch {epoch}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.2f}% | "
             f"test loss {te['loss']:.4f} acc {te['acc']:.2f}% ({round(te['acc'] * te['images'] / 100)}/{te['images']}) "
