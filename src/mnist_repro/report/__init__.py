@@ -7,8 +7,9 @@ and the machine from the run files, so the report describes where the runs ran,
 not where it is rendered. Nothing is typed by hand and nothing depends on the date,
 so the same inputs give the same report.
 
-inputs.py reads everything, git history included (mnist_repro.compare.provenance: when each
-decision was fixed); one module per group of sections (verdicts, across, paths,
-confirmation, decisions, search, epochs, machine); outputs.py writes the figures and curves;
-render.py assembles the markdown; build.py is the stage's one call.
+inputs.py holds the stage's paths (ReportPaths, one field per stage flag) and reads
+everything, git history included (mnist_repro.compare.provenance: when each decision was
+fixed); one module per group of sections (verdicts, across, paths, confirmation, decisions,
+search, epochs, machine); outputs.py writes the figures and curves; render.py assembles the
+markdown; build.py is the stage's one call.
 """

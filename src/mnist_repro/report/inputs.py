@@ -1,8 +1,10 @@
-"""Everything the report reads, read once and checked (any missing input stops it before a file is written)."""
+"""Where the report reads and writes (ReportPaths), and everything it reads, read once and checked (any
+missing input stops it before a file is written)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from ..core.config import Params, VariantConfig, load_params
@@ -13,6 +15,48 @@ from ..compare.run_files import (read_confirmation, read_errors, read_histories,
                          read_searches, read_test_set_uses)
 from ..compare.table import read_table
 from .compile_check import read_compile_check
+
+
+def _flag(help: str, default=MISSING):
+    """A ReportPaths field: its help is the stage flag's; a field without a default is a required flag."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The report stage's input and output paths, one field per flag of stages/report.py (--published-path is
+    published_path): a new input is a field here and its read in load_inputs. None: an optional input not given."""
+    reference: Path = _flag("the published numbers and logs (reference/published.json)")
+    table: Path = _flag("the compare stage's directory of per-variant rows")
+    runs: Path = _flag("directory holding <variant>/seed_<s>.json run summaries")
+    history: Path = _flag("directory holding <variant>/seed_<s>.json per-epoch histories")
+    published_path: Path = _flag("directory holding runs/ and history/ of the published-path reruns")
+    confirmation: Path = _flag("directory holding runs/ and history/ of the confirmation runs (confirm@<seed>)")
+    errors: Path = _flag("directory holding <variant>.json misclassified test images")
+    precision: Path = _flag("directory holding the precision@<seed> runs' seed_<s>.json")
+    data: Path = _flag("root holding MNIST/raw (the test images drawn)")
+    out: Path = _flag("write the markdown report here")
+    figures: Path = _flag("write the PNG figures into this directory")
+    curves: Path = _flag("write the long-form curves (dvc plots) to this JSON file")
+    params: Path = _flag("the project's params.yaml", Path("params.yaml"))
+    search: Path | None = _flag("directory holding <variant>.json design-search records (research/search.py) "
+                                "and test_set_uses.json (research/test_set_uses.py)", None)
+    compile_check: Path | None = _flag("directory holding runs/ and history/ of the compile_check@ runs", None)
+    provenance: Path | None = _flag("write the provenance record (when each decision was fixed, read from git "
+                                    "history) to this JSON file", None)
+
+    @classmethod
+    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
+        """One flag per field: --<name with dashes>, required unless the field has a default."""
+        for f in fields(cls):
+            required = f.default is MISSING
+            ap.add_argument("--" + f.name.replace("_", "-"), required=required,
+                            default=None if required else f.default, help=f.metadata["help"])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReportPaths:
+        return cls(**{f.name: None if (value := getattr(args, f.name)) is None else Path(value)
+                      for f in fields(cls)})
 
 
 @dataclass
@@ -50,18 +94,18 @@ class ReportInputs:
         return f"not run yet: `dvc repro {self.params.stage_of(name, self.params.train.seed)}`"
 
 
-def load_inputs(*, params_path, reference_path, table_dir, runs_dir, history_dir, code_dir, errors_dir,
-                precision_dir, confirmation_dir, search_dir=None, compile_check_dir=None) -> ReportInputs:
-    params = load_params(params_path)
-    runs = read_runs(params, runs_dir)
-    return ReportInputs(params=params, reference=load_reference(reference_path),
-                        table=read_table(params, table_dir, runs),
-                        runs=runs, histories=read_histories(params, history_dir, runs),
-                        code=read_published_path(params, code_dir),
-                        errors=read_errors(params, errors_dir, list(params.variants)[-1], runs),
-                        precision=read_precision_runs(params, precision_dir, runs_dir),
-                        confirmation=read_confirmation(params, confirmation_dir),
-                        searches=read_searches(params, search_dir) if search_dir else {},
-                        test_set_uses=read_test_set_uses(search_dir) if search_dir else [],
-                        provenance=build_record(params_path, Path(runs_dir).parent),
-                        compile_check=read_compile_check(params, compile_check_dir) if compile_check_dir else {})
+def load_inputs(paths: ReportPaths) -> ReportInputs:
+    params = load_params(paths.params)
+    runs = read_runs(params, paths.runs)
+    return ReportInputs(params=params, reference=load_reference(paths.reference),
+                        table=read_table(params, paths.table, runs),
+                        runs=runs, histories=read_histories(params, paths.history, runs),
+                        code=read_published_path(params, paths.published_path),
+                        errors=read_errors(params, paths.errors, list(params.variants)[-1], runs),
+                        precision=read_precision_runs(params, paths.precision, paths.runs),
+                        confirmation=read_confirmation(params, paths.confirmation),
+                        searches=read_searches(params, paths.search) if paths.search else {},
+                        test_set_uses=read_test_set_uses(paths.search) if paths.search else [],
+                        provenance=build_record(paths.params, paths.runs.parent),
+                        compile_check=read_compile_check(params, paths.compile_check) if paths.compile_check
+                        else {})
