@@ -6,17 +6,21 @@
 #   slurm/matrix.sh [sbatch options for the array's tasks, e.g. --partition=gpu --gpus=1]
 #
 # Run it on a login node in the checkout, which every node sees at the same path (a shared
-# file system); the DVC cache is the checkout's .dvc/cache, shared with it. Steps:
+# file system); the DVC cache is the checkout's .dvc/cache, shared with it. Steps (the one
+# place they are written; docs/parallel.md points here):
 #   1. `python -m mnist_repro.parallel.matrix prepare`: the stages the array waits on (check_params,
 #      download) run here, now; the array's stages go to a list under .dvc/tmp/matrix/.
-#   2. slurm/matrix.sbatch as --array=0-(n-1): task i runs `dvc repro -s <stage i>` in the
-#      shared checkout, pinned by Slurm to the GPUs/cores it was given; each task records its
-#      own stage in dvc.lock (DVC takes its repo lock only around that write).
+#   2. slurm/matrix.sbatch as --array=0-(n-1): task i runs `dvc --wait-for-lock repro -s <stage i>`
+#      in the shared checkout, confined by Slurm to the GPU and cores it was given; each task
+#      records its own stage in dvc.lock (DVC takes its repo lock only around that write).
 #   3. slurm/gather.sbatch after the whole array (afterany): it refuses, naming the array
-#      indices to resubmit, while a stage of the list is not done; else `dvc repro` runs
-#      the stages left (none of them a training stage of the list) and `dvc status` is clean.
-# A task that fails or is killed loses only its stage; resubmit that index (--array=i) and
-# it resumes from its checkpoint; then submit slurm/gather.sbatch again.
+#      indices to resubmit, while a stage of the list is not recorded (it never trains one);
+#      else `dvc repro` records the stages after them (benchmark, compare, report, ...), and
+#      `dvc status` is clean.
+# A task that fails or is preempted loses only its stage: resubmit its index, which resumes
+# from its checkpoint, then the gather step, with the list this script printed:
+#   sbatch --array=<i> --export=ALL,MATRIX_STAGES=<list> slurm/matrix.sbatch
+#   sbatch --dependency=afterany:<that job> --export=ALL,MATRIX_STAGES=<list> slurm/gather.sbatch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="$PWD/.dvc/tmp/matrix/stages-$(date +%Y%m%d-%H%M%S)-$$.txt"

@@ -12,15 +12,9 @@ seeds wait for it), a published-path variant or the confirmation with none of it
 files. Partly run, they are an error: a result from the seeds that happen to be done
 would be a result chosen by the clock.
 
-Layout (directories passed by dvc.yaml):
-    <runs>/<variant>/seed_<s>.json                      one run's summary
-    <history>/<variant>/seed_<s>.json                   its per-epoch history
-    <published_path>/runs/<variant>/seed_<s>.json       the published data path rerun here (same keys)
-    <published_path>/history/<variant>/seed_<s>.json    its per-epoch history
-    <confirmation>/runs/seed_<s>.json                   the confirmation runs of confirmation.variant
-    <errors>/<variant>.json                             the main run's misclassified test images
-    <search>/<variant>.json                             a design search's record (research/search.py)
-    <search>/test_set_uses.json                         the earlier test-set uses (research/test_set_uses.py)
+Where each file lives is written in dvc.yaml only (the training stages' outs, the report
+stage's deps): the compare and report stages pass the directories, and the readers below
+look inside them where their writers put each file (seed_file).
 """
 
 from __future__ import annotations
