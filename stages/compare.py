@@ -13,15 +13,15 @@ from mnist_repro.compare.run_files import not_run_note, read_published_path, rea
 from mnist_repro.compare.table import published_values, table_file, table_row
 
 
-def compare(params_path, reference_path, runs_dir, code_dir, out_dir) -> tuple[dict, dict]:
+def compare(params_path, reference_path, runs_dir, published_path_dir, out_dir) -> tuple[dict, dict]:
     """(path -> row of every variant, path -> how to run each one not run yet); reads all, writes nothing."""
     params = load_params(params_path)
     reference = load_reference(reference_path)
     runs = read_runs(params, runs_dir)
-    code = read_published_path(params, code_dir)
+    published_path = read_published_path(params, published_path_dir)
     others = published_values(reference, params, "best")
-    rows = {table_file(out_dir, params, name): table_row(runs[name], reference.get(name), others, code.get(name),
-                                                         params.published_path.margin)
+    rows = {table_file(out_dir, params, name): table_row(runs[name], reference.get(name), others,
+                                                         published_path.get(name), params.published_path.margin)
             for name in params.variants}
     not_run = {table_file(out_dir, params, name): f"{name}: {not_run_note(params, runs_dir, name)}"
                for name in params.variants if not runs[name]}

@@ -482,7 +482,7 @@ def test_the_cross_variant_pattern_by_hand(repo_root):
     ran = {name: [{"seed": s, "final_test_acc": reference.get(name).log_final_test - d + e,
                    "best_test_acc": reference.get(name).log_best - d + e} for s, e in zip((1, 2, 3), (-0.1, 0, 0.1))]
            for name, d in shift.items()}
-    text = "\n".join(across_section(SimpleNamespace(params=params, reference=reference, ran=ran, code={})))
+    text = "\n".join(across_section(SimpleNamespace(params=params, reference=reference, ran=ran, published_path={})))
     assert text.startswith("**Exploratory, found after looking.**")
     # 3 of 3 above: p = 2 / 8; mean 0.116667 with t(0.975, 2) · 0.076376 / sqrt(3) = ±0.189727 -> [-0.07, +0.31];
     # equal weights: the same mean, SE sqrt(0.013333 / 3) = 0.066667, ±1.959964 · SE = ±0.130664 -> [-0.01, +0.25]

@@ -291,13 +291,15 @@ def decisions(current: dict) -> list[Decision]:
             out.append(Decision(f"{group}.{key}", f"{label}'s {key}", value, _same(f"{group}.{key}", value), of(names),
                                 lambda r, n=names, e=extra: r.kind == "ours" and r.variant in n and r.seed in e,
                                 f"results of {', '.join(names) or 'no variant'}"))
-    pp = {k: _get(current, f"published_path.{k}") for k in ("variants", "seeds", "margin")}
-    pp_own = lambda r: (r.kind == "published" and r.variant in _list(pp["variants"])  # noqa: E731
-                        and r.seed in _list(pp["seeds"]))
+    published_path = {k: _get(current, f"published_path.{k}") for k in ("variants", "seeds", "margin")}
+    published_path_own = lambda r: (r.kind == "published"  # noqa: E731
+                                    and r.variant in _list(published_path["variants"])
+                                    and r.seed in _list(published_path["seeds"]))
     for key, what in (("variants", "the variants rerun on the published data path"),
                       ("seeds", "the published data path's seeds"), ("margin", "the equivalence margin (points)")):
-        out.append(Decision(f"published_path.{key}", what, pp[key], _same(f"published_path.{key}", pp[key]),
-                            on_published, pp_own, "results on the published data path"))
+        value = published_path[key]
+        out.append(Decision(f"published_path.{key}", what, value, _same(f"published_path.{key}", value),
+                            on_published, published_path_own, "results on the published data path"))
     for section, kind, keys in (("confirmation", "confirmation", ("variant", "seeds", "min_final_test_mean")),
                                 ("precision", "precision", ("variant", "mixed_precision", "seeds"))):
         name, seeds = _get(current, f"{section}.variant"), _list(_get(current, f"{section}.seeds"))

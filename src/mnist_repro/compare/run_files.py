@@ -133,18 +133,18 @@ def _runs_and_histories(paths: list[tuple], what: str, keys: tuple) -> list[dict
     return out
 
 
-def read_published_path(params: Params, code_dir: str | Path) -> dict:
+def read_published_path(params: Params, published_path_dir: str | Path) -> dict:
     """variant -> [{"metrics", "history"}] per published_path.seeds, for the variants
     published_path.variants lists; a variant with none of its files is absent (not run yet)."""
-    code, root = {}, Path(code_dir)
+    published_path, root = {}, Path(published_path_dir)
     for name in params.published_path.variants:
         paths = [(s, seed_file(root / "runs", name, s), seed_file(root / "history", name, s),
                   {"variant": name, "seed": s, "data_path": "published"}, f"published_path@{name}-{s}")
                  for s in params.published_path.seeds]
         runs = _runs_and_histories(paths, f"published_path@{name}", PATH_KEYS)
         if runs:
-            code[name] = runs
-    return code
+            published_path[name] = runs
+    return published_path
 
 
 def published_path_note(params: Params, name: str) -> str:

@@ -55,16 +55,16 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def same_seeds(runs: list[dict], code: list[dict], key: str) -> tuple[list, list, list]:
+def same_seeds(runs: list[dict], published_path_runs: list[dict], key: str) -> tuple[list, list, list]:
     """(seeds, ours, the published path's) values of key over the seeds both data paths have run."""
     ours = {r["seed"]: r[key] for r in runs}
-    both = [c["metrics"] for c in code if c["metrics"]["seed"] in ours]
+    both = [c["metrics"] for c in published_path_runs if c["metrics"]["seed"] in ours]
     return [m["seed"] for m in both], [ours[m["seed"]] for m in both], [m[key] for m in both]
 
 
-def same_seed_difference(runs: list[dict], code: list[dict], key: str):
+def same_seed_difference(runs: list[dict], published_path_runs: list[dict], key: str):
     """stats.welch of ours − the published path on key, over the seeds both have run (None below 2)."""
-    _, ours, theirs = same_seeds(runs, code, key)
+    _, ours, theirs = same_seeds(runs, published_path_runs, key)
     return welch(ours, theirs)
 
 
@@ -85,15 +85,16 @@ def _cell(metric: str, runs: list[dict], published: PublishedRun | None, compara
     return cell
 
 
-def table_row(runs: list[dict], published: PublishedRun | None, others: dict, code: list[dict] | None,
-              margin: float) -> dict:
+def table_row(runs: list[dict], published: PublishedRun | None, others: dict,
+              published_path_runs: list[dict] | None, margin: float) -> dict:
     """One variant's row. runs: its configured runs, train.seed first (empty: not run yet);
     published: its reference entry or None; others: published_values(..., "best") of every
-    variant; code: its published-path reruns ([{"metrics", "history"}]) or None; margin:
-    published_path.margin."""
+    variant; published_path_runs: its published-path reruns ([{"metrics", "history"}]) or
+    None; margin: published_path.margin."""
     # The published numbers are test-set accuracies: runs evaluated on a training holdout have no verdict.
     comparable = bool(runs) and runs[0].get("evaluated_on", "test") == "test"
-    diff = same_seed_difference(runs, code, "best_test_acc") if runs and code else None
+    diff = (same_seed_difference(runs, published_path_runs, "best_test_acc")
+            if runs and published_path_runs else None)
     return {"best": _cell("best", runs, published, comparable, others),
             "fin": _cell("fin", runs, published, comparable, others),
             "n": len(runs), "params": runs[0]["params"] if runs else None,

@@ -50,7 +50,8 @@ def _test_sentence(rows: list[tuple], metric: str, note: str = "") -> str:
 
 def _path_means(inputs: ReportInputs, key: str) -> dict:
     """variant -> mean of its published-path reruns' key, where there are any."""
-    return {name: sum(c["metrics"][key] for c in code) / len(code) for name, code in inputs.code.items() if code}
+    return {name: sum(c["metrics"][key] for c in published_path_runs) / len(published_path_runs)
+            for name, published_path_runs in inputs.published_path.items() if published_path_runs}
 
 
 def across_section(inputs: ReportInputs) -> list[str]:

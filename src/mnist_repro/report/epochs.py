@@ -38,12 +38,12 @@ def stall_facts(histories: list[list[dict]], pub: PublishedRun | None, seeds: li
 
 
 def path_sentence(name: str, inputs: ReportInputs) -> str:
-    if name not in inputs.code:
+    if name not in inputs.published_path:
         why = (published_path_note(inputs.params, name) if name in inputs.params.published_path.variants
                else "not in `published_path.variants`")
         return (f"the published data path is not rerun for `{name}` ({why}): these files cannot tell whether our "
                 "code or the published run is off")
-    diff = same_seed_difference(inputs.runs[name], inputs.code[name], "best_test_acc")
+    diff = same_seed_difference(inputs.runs[name], inputs.published_path[name], "best_test_acc")
     if diff is None:
         return "the published data path has fewer than 2 seeds here: no difference to estimate"
     low, high = diff.ci()

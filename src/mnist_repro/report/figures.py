@@ -48,16 +48,16 @@ def _epoch_axis(ax, ylabel: str | None = "test accuracy (%)") -> None:
 
 
 def comparison_figure(title: str, ours: list[dict], n_seeds: int, published: list[tuple] | None,
-                      code: list[tuple] | None, path: str | Path, target: float) -> Path:
+                      published_path: list[tuple] | None, path: str | Path, target: float) -> Path:
     """Our per-epoch test accuracy (seed mean, min-max band) against the published run's
     log and the published data path rerun here (mean of its seeds); zoomed on the left, full scale on the right.
     ours: stats.mean_curve output, [] (n_seeds 0) for a variant not run yet: the published
-    curves alone; published, code: (epoch, test accuracy) pairs or None."""
+    curves alone; published, published_path: (epoch, test accuracy) pairs or None."""
     fig = Figure(figsize=(11, 5), layout="constrained")
     zoom, full = fig.subplots(1, 2, width_ratios=[3, 1.2])
     epochs = [o["epoch"] for o in ours]
     points = [(o["epoch"], o["max"]) for o in ours] + [(o["epoch"], o["min"]) for o in ours] + [
-        p for series in (published, code) if series for p in series]
+        p for series in (published, published_path) if series for p in series]
     for ax in (zoom, full):
         if n_seeds > 1:
             ax.fill_between(epochs, [o["min"] for o in ours], [o["max"] for o in ours], color="tab:blue",
@@ -67,7 +67,7 @@ def comparison_figure(title: str, ours: list[dict], n_seeds: int, published: lis
                     label=f"ours: mean of {n_seeds} seeds" if n_seeds > 1 else "ours (one seed)")
         for series, style, label in ((published, dict(color="tab:red", marker="s", linestyle="--"),
                                       "published run (its notebook's log)"),
-                                     (code, dict(color="tab:green", marker="^", linestyle=":"),
+                                     (published_path, dict(color="tab:green", marker="^", linestyle=":"),
                                       "published data path rerun here (mean of its seeds)")):
             if series:
                 ax.plot([e for e, _ in series], [a for _, a in series], markersize=4, label=label, **style)

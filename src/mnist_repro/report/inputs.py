@@ -66,7 +66,7 @@ class ReportInputs:
     table: dict      # variant -> its comparison-table row (table.table_row)
     runs: dict       # variant -> its configured runs' summaries, train.seed first; [] if not run yet
     histories: dict  # variant -> per-seed histories, in the order of runs
-    code: dict       # variant -> [{"metrics", "history"}] of its published-path reruns; absent if not run
+    published_path: dict  # variant -> [{"metrics", "history"}] of its published-path reruns; absent if not run
     errors: dict | None  # the last variant's misclassified test images; None if it is not run yet
     precision: list  # per precision seed: its mixed-precision and fp32 runs (precision.read_precision_runs)
     confirmation: list = field(default_factory=list)  # [{"metrics", "history"}] per confirmation seed; [] not run
@@ -100,7 +100,7 @@ def load_inputs(paths: ReportPaths) -> ReportInputs:
     return ReportInputs(params=params, reference=load_reference(paths.reference),
                         table=read_table(params, paths.table, runs),
                         runs=runs, histories=read_histories(params, paths.history, runs),
-                        code=read_published_path(params, paths.published_path),
+                        published_path=read_published_path(params, paths.published_path),
                         errors=read_errors(params, paths.errors, list(params.variants)[-1], runs),
                         precision=read_precision_runs(params, paths.precision, paths.runs),
                         confirmation=read_confirmation(params, paths.confirmation),

@@ -43,13 +43,14 @@ def write_figures(inputs: ReportInputs, figures_dir: Path, data_root) -> dict[st
     figures = {}
     for name, histories in inputs.histories.items():
         pub = inputs.reference.get(name)
-        code = inputs.code.get(name)
+        published_path_runs = inputs.published_path.get(name)
         if not histories and not pub:
             continue
         title = (f"{name}: test accuracy per epoch of our seeds (no published run)" if not pub
                  else f"{name}: test accuracy per epoch, ours against the published run" if histories
                  else f"{name}: test accuracy per epoch of the published run (ours not run yet)")
-        path_mean = _pairs(mean_curve([c["history"] for c in code]), "mean") if code else None
+        path_mean = (_pairs(mean_curve([c["history"] for c in published_path_runs]), "mean")
+                     if published_path_runs else None)
         figures[name] = comparison_figure(title, mean_curve(histories), len(histories),
                                           _pairs(pub.log) if pub else None, path_mean,
                                           figures_dir / f"{name}_vs_published.png", target)
@@ -68,11 +69,12 @@ def curve_rows(inputs: ReportInputs) -> list[dict]:
     seeds ("published_path"); null where a value does not exist (not run, no published entry)."""
     rows = []
     for name, histories in inputs.histories.items():
-        pub, code = inputs.reference.get(name), inputs.code.get(name)
+        pub, published_path_runs = inputs.reference.get(name), inputs.published_path.get(name)
         main = {e["epoch"]: e for e in histories[0]} if histories else {}
         ours = {c["epoch"]: c for c in mean_curve(histories)}
         published = {e["epoch"]: e["test_acc"] for e in pub.log} if pub else {}
-        path = {c["epoch"]: c["mean"] for c in mean_curve([c["history"] for c in code])} if code else {}
+        path = ({c["epoch"]: c["mean"] for c in mean_curve([c["history"] for c in published_path_runs])}
+                if published_path_runs else {})
         for epoch in sorted(set(main) | set(published) | set(path)):
             row = {"variant": name, "epoch": epoch}
             row.update({k: _round(main.get(epoch, {}).get(k)) for k in MAIN_KEYS})

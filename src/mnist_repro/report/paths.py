@@ -43,14 +43,14 @@ def published_path_section(inputs: ReportInputs) -> list[str]:
     ]
     rows, not_run = [], []
     for name in cfg.variants:
-        code, runs = inputs.code.get(name), inputs.runs[name]
-        if not code or not runs:
-            not_run.append(f"- `{name}`: " + (published_path_note(inputs.params, name) if not code
+        published_path_runs, runs = inputs.published_path.get(name), inputs.runs[name]
+        if not published_path_runs or not runs:
+            not_run.append(f"- `{name}`: " + (published_path_note(inputs.params, name) if not published_path_runs
                                               else inputs.how_to_run(name)))
             continue
         for label, key in KEYS.items():
-            diff = same_seed_difference(runs, code, key)
-            seeds, ours, theirs = same_seeds(runs, code, key)
+            diff = same_seed_difference(runs, published_path_runs, key)
+            seeds, ours, theirs = same_seeds(runs, published_path_runs, key)
             rows.append([name, label, ", ".join(map(str, seeds)), ", ".join(map(pct, ours)),
                          ", ".join(map(pct, theirs)),
                          *([signed(diff.diff), _ci(diff, LEVEL), _ci(diff, equiv), f"{diff.df:.1f}",
