@@ -413,3 +413,11 @@ def test_params_rewritten_by_dvc_exp_run_still_load(repo_root, tmp_path):
     assert params.variant("lr_scheduler").lr == 0.015
     ruamel = YAML(typ="safe", pure=True).load(text)
     assert ruamel["launch"]["mixed_precision"] == "no" and ruamel["variants"]["lr_scheduler"]["lr"] == 0.015
+
+
+def test_the_data_path_test_needs_seeds_its_variants_never_trained(raw):
+    raw = copy.deepcopy(raw)
+    raw["data_path_test"]["seeds"] = [raw["train"]["seed"]]
+    with pytest.raises(ParamsError, match=rf"^data_path_test.seeds: seed {raw['train']['seed']} already trains "
+                                          r"these variants' table runs; the test needs seeds never run before$"):
+        parse_params(raw)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from support.projects import REPO, git_init, sh
 
-from mnist_repro.compare.provenance import BEFORE, NOT_COMMITTED, build_record
+from mnist_repro.compare.provenance import BEFORE, NOT_COMMITTED, Result, build_record, decisions, planned_runs
 from mnist_repro.report.decisions import provenance_section, seed_ranges, when
 
 PARAMS = {"train": {"seed": 1}, "defaults": {"optimizer": "sgd", "lr": 0.01},
@@ -355,3 +355,15 @@ def test_the_prose_check_itself(sentence, broken):
 
 def test_the_prose_files_exist():
     assert all(list(REPO.glob(p)) for p in PROSE)
+
+
+def test_the_data_path_test_is_a_decision_with_its_own_runs():
+    """Its variants, seeds and margin are decisions; its runs on both paths are planned runs, its own."""
+    current = {"train": {"seed": 1}, "variants": {"a": {}, "b": {}},
+               "data_path_test": {"variants": ["a"], "seeds": [201, 202], "margin": 0.1}}
+    assert {("ours", "a", 201), ("published", "a", 202)} <= planned_runs(current)
+    by_id = {d.id: d for d in decisions(current)}
+    seeds = by_id["data_path_test.seeds"]
+    result = lambda kind, variant, seed: Result(kind, variant, seed, 99.0, 99.0, "c", 0)  # noqa: E731
+    assert seeds.own(result("published", "a", 201)) and not seeds.own(result("ours", "a", 1))
+    assert seeds.scope(result("ours", "a", 1)) and not seeds.scope(result("ours", "b", 201))

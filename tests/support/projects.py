@@ -96,6 +96,7 @@ QUICK_PIPELINE = {"variants": repo_variants(QUICK_VARIANTS),
                   "published_path.variants": ["skeleton"], "published_path.seeds": [1],
                   "confirmation.seeds": [101], "precision.variant": "skeleton", "precision.seeds": [1],
                   "compile_check.variants": ["skeleton"], "compile_check.seeds": [1],
+                  "data_path_test.variants": ["skeleton"], "data_path_test.seeds": [201],
                   "benchmark.variant": "skeleton", "benchmark.repeats": 1}
 PIPELINE_TIMEOUT_S = 1800
 DVC = (sys.executable, "-m", "dvc")

@@ -2,8 +2,8 @@
 
 A decision is a value in params.yaml the table rests on: each run's seed, each variant's recipe
 (`defaults` + `variants.<name>`, the model it names included), the published path's variants,
-seeds and margin, the confirmation's variant, seeds and criterion, the precision seeds. For
-each, the record names the commit that fixed it and counts the test-set results that were
+seeds and margin, the data-path test's variants, seeds and margin, the confirmation's variant,
+seeds and criterion, the precision seeds. For each, the record names the commit that fixed it and counts the test-set results that were
 already committed then, so "decided before the results" is a fact the record states, not a
 sentence someone wrote.
 
@@ -25,8 +25,8 @@ sentence someone wrote.
 - **Results that could have informed it** (`scope`): for a run's seed and a variant's recipe,
   the results of that variant (any data path, any seed); for `train.seed`, every result; for
   `seeds.*`, the results of the group's variants; for `published_path.*`, the results on the
-  published data path; for `confirmation.*` and `precision.*`, the results of their variant.
-  Separately, `own_results_before` counts the results of the runs the decision governs
+  published data path; for `data_path_test.*`, the results of its variants (either path); for
+  `confirmation.*` and `precision.*`, the results of their variant. Separately, `own_results_before` counts the results of the runs the decision governs
   (a run's own result, the margin's own published-path runs ...).
 - **Class**: `fixed before any result` when no result in scope was committed then, else
   `fixed after k results`.
@@ -63,7 +63,7 @@ RULE = ("A decision is fixed in the first commit where its params.yaml value too
         "it counts when committed in an ancestor of the fixing commit, in that commit, or earlier in time. "
         "It could have informed: a run's seed or a variant's recipe, when of that variant; train.seed, always; "
         "seeds.*, when of the group's variants; published_path.*, when on the published data path; "
-        "confirmation.* and precision.*, when of their variant.")
+        "data_path_test.*, when of its variants; confirmation.* and precision.*, when of their variant.")
 
 
 def after(k: int) -> str:
@@ -240,6 +240,8 @@ def planned_runs(raw: dict | None) -> set:
         runs |= {("published", v, s) for v in _list(_get(raw, f"{section}.variants")) for s in _list(seeds)}
     for section, kind in (("confirmation", "confirmation"), ("precision", "precision")):
         runs |= {(kind, _get(raw, f"{section}.variant"), s) for s in _list(_get(raw, f"{section}.seeds"))}
+    runs |= {(kind, v, s) for kind in ("ours", "published") for v in _list(_get(raw, "data_path_test.variants"))
+             for s in _list(_get(raw, "data_path_test.seeds"))}
     return runs
 
 
@@ -300,6 +302,14 @@ def decisions(current: dict) -> list[Decision]:
         value = published_path[key]
         out.append(Decision(f"published_path.{key}", what, value, _same(f"published_path.{key}", value),
                             on_published, published_path_own, "results on the published data path"))
+    test = {k: _get(current, f"data_path_test.{k}") for k in ("variants", "seeds", "margin")}
+    test_variants = _list(test["variants"])
+    for key, what in (("variants", "the data-path test's variants"), ("seeds", "the data-path test's seeds"),
+                      ("margin", "the data-path test's margin (points)")):
+        out.append(Decision(f"data_path_test.{key}", what, test[key], _same(f"data_path_test.{key}", test[key]),
+                            of(test_variants),
+                            lambda r: r.variant in test_variants and r.seed in _list(test["seeds"]),
+                            f"results of {', '.join(test_variants) or 'no variant'}"))
     for section, kind, keys in (("confirmation", "confirmation", ("variant", "seeds", "min_final_test_mean")),
                                 ("precision", "precision", ("variant", "mixed_precision", "seeds"))):
         name, seeds = _get(current, f"{section}.variant"), _list(_get(current, f"{section}.seeds"))

@@ -203,6 +203,13 @@ class CompileCheckConfig(EquivalenceRuns):
 
 
 @dataclass(frozen=True)
+class DataPathTestConfig(EquivalenceRuns):
+    """The confirmatory data-path test: new seeds of some variants on both data paths, ours
+    (stage data_path_ours@<variant>-<seed>) and the notebooks' (data_path_published@...)."""
+    SECTION = "data_path_test"
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     variant: str
     steps: int
@@ -228,6 +235,7 @@ class Params:
     precision: PrecisionConfig
     benchmark: BenchmarkConfig
     compile_check: CompileCheckConfig
+    data_path_test: DataPathTestConfig
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -307,8 +315,16 @@ def _seeds(raw: dict, variants: dict, train_seed: int) -> SeedsConfig:
     return build(SeedsConfig, {**main, "slow": slow}, "seeds")  # one group per variant: __post_init__
 
 
+def _equivalence_runs(cls: type, raw: dict, variants: dict) -> EquivalenceRuns:
+    """A section of variants and seeds rerun another way (published_path, compile_check, data_path_test)."""
+    name = cls.SECTION
+    data = section(raw, name)
+    return build(cls, {**data, "variants": variant_list(data.get("variants"), f"{name}.variants", variants),
+                       "seeds": int_list(data.get("seeds"), f"{name}.seeds")}, name)
+
+
 SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
-            "precision", "benchmark", "compile_check")
+            "precision", "benchmark", "compile_check", "data_path_test")
 
 
 def parse_params(raw: Any) -> Params:
@@ -325,8 +341,7 @@ def parse_params(raw: Any) -> Params:
     defaults = _defaults(raw["defaults"])
     variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
     train = build(TrainConfig, raw["train"], "train")
-    pp_raw, conf_raw, prec_raw, cc_raw = (section(raw, s) for s in ("published_path", "confirmation", "precision",
-                                                                     "compile_check"))
+    conf_raw, prec_raw = section(raw, "confirmation"), section(raw, "precision")
     precision = build(PrecisionConfig, {**prec_raw, "seeds": int_list(prec_raw.get("seeds"), "precision.seeds")},
                        "precision")
     params = Params(
@@ -335,17 +350,19 @@ def parse_params(raw: Any) -> Params:
         train=train,
         variants=variants,
         seeds=_seeds(section(raw, "seeds"), variants, train.seed),
-        published_path=build(PublishedPathConfig, {
-            **pp_raw, "variants": variant_list(pp_raw.get("variants"), "published_path.variants", variants),
-            "seeds": int_list(pp_raw.get("seeds"), "published_path.seeds")}, "published_path"),
+        published_path=_equivalence_runs(PublishedPathConfig, raw, variants),
         confirmation=build(ConfirmationConfig, {
             **conf_raw, "seeds": int_list(conf_raw.get("seeds"), "confirmation.seeds")}, "confirmation"),
         precision=precision,
         benchmark=build(BenchmarkConfig, raw["benchmark"], "benchmark"),
-        compile_check=build(CompileCheckConfig, {
-            **cc_raw, "variants": variant_list(cc_raw.get("variants"), "compile_check.variants", variants),
-            "seeds": int_list(cc_raw.get("seeds"), "compile_check.seeds")}, "compile_check"),
+        compile_check=_equivalence_runs(CompileCheckConfig, raw, variants),
+        data_path_test=_equivalence_runs(DataPathTestConfig, raw, variants),
     )
+    run_before = sorted(set(params.data_path_test.seeds) & {
+        seed for name in params.data_path_test.variants for seed in params.seeds_of(name)})
+    if run_before:
+        raise ParamsError(f"data_path_test.seeds: seed {run_before[0]} already trains these variants' table runs; "
+                          "the test needs seeds never run before")
     for key in ("confirmation", "precision", "benchmark"):
         name = getattr(params, key).variant
         if name not in params.variants:
