@@ -19,6 +19,7 @@ dvc.yaml declares as a stage's output counts as existing (the pipeline writes it
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import re
 import subprocess
@@ -108,7 +109,8 @@ def trimmed(candidate: str) -> str:
     return candidate
 
 
-def declared_outputs() -> list[str]:
+@functools.lru_cache(maxsize=1)  # read once: parsing dvc.yaml for each of ~400 names took seconds
+def declared_outputs() -> tuple[str, ...]:
     """dvc.yaml's output paths as glob patterns: a path the pipeline writes exists once it has run."""
     import yaml
 
@@ -117,7 +119,7 @@ def declared_outputs() -> list[str]:
         for key in ("outs", "metrics", "plots"):
             for out in stage.get(key, []):
                 patterns.append(PLACEHOLDER.sub("*", next(iter(out)) if isinstance(out, dict) else out))
-    return patterns
+    return tuple(patterns)
 
 
 def path_exists(candidate: str, relative_to: Path) -> bool:
