@@ -110,8 +110,11 @@ def rank(records: list[dict], max_params: int | None = None) -> list[dict]:
                                          c["params"]))
 
 
-def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | None = None) -> dict:
-    """Every successful holdout experiment of train@<variant> among the last `num` commits' experiments."""
+def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | None = None,
+            design: str | None = None, prefix: str = "") -> dict:
+    """Every successful holdout experiment of train@<variant> among the last `num` commits' experiments
+    (only those whose name starts with `prefix`), recorded as the search for `design` (default: the
+    variant; another when a design is searched with an existing variant's stage)."""
     import dvc.api
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
@@ -147,6 +150,8 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
                 continue
             baseline_params = baseline_params or read_yaml(baseline)
             name = row["Experiment"] or rev[:7]
+            if not name.startswith(prefix):
+                continue
             try:
                 records.append(record(name, rev, baseline, variant, params, baseline_params, run))
             except ParamsError as e:
@@ -158,7 +163,7 @@ def collect(variant: str, repo: str = ".", num: int = 100, max_params: int | Non
         raise SearchError(f"no successful holdout experiment of train@{variant} in this clone; "
                           f"queue them (research/{variant}.sh) and run `dvc queue start`")
     records.sort(key=lambda r: r["experiment"])
-    return {"variant": variant, "max_params": max_params,
+    return {"variant": design or variant, "stage": f"train@{variant}", "max_params": max_params,
             "rule": "candidates ranked within their validation split, the largest split first, by the mean of "
                     "their seeds' final-epoch validation accuracy"
                     + (f"; those over {max_params:,} parameters are reference points, listed last" if max_params else ""),
@@ -171,8 +176,11 @@ def main(argv=None) -> None:
     ap.add_argument("--repo", default=".")
     ap.add_argument("--max-params", type=int, help="the design's parameter budget; larger candidates are references")
     ap.add_argument("--out", required=True, help="the record's JSON file (metrics/search/<variant>.json)")
+    ap.add_argument("--design", help="the design the search is for, when its experiments use another "
+                                     "variant's stage (default: the variant)")
+    ap.add_argument("--prefix", default="", help="only experiments whose name starts with this")
     args = ap.parse_args(argv)
-    result = collect(args.variant, args.repo, max_params=args.max_params)
+    result = collect(args.variant, args.repo, max_params=args.max_params, design=args.design, prefix=args.prefix)
     write_json(args.out, result)
     for c in result["candidates"]:
         print(f"{c['final_val_mean']:.2f} on {c['validation_images']:,} (min {c['final_val_min']:.2f}, "
