@@ -10,6 +10,7 @@ they are left out of the lists."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imported_modules(path: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)  # each file parsed once, not once per stage that reaches it
+def imported_modules(path: Path) -> frozenset[str]:
     """Dotted names of the package modules that `path` imports anywhere (names imported from a
     package count as its submodules when such a file exists)."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -47,7 +49,7 @@ def imported_modules(path: Path) -> set[str]:
                 module = node.module or ""
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
-    return {name for name in found if module_file(name)}
+    return frozenset(name for name in found if module_file(name))
 
 
 def import_closure(script: Path) -> list[str]:
