@@ -1,7 +1,7 @@
 """The package's folders are its architecture: each subpackage imports only from the ones below it,
 so nothing points back up and there is no cycle, and every package file is in one of them.
 
-    report    -> compare, training, core   the report stage: sections, figures, markdown
+    report    -> parallel, compare, training, core   the report stage: sections, figures, markdown
     parallel  -> training, core            the matrix runner: pending DVC stages over slots
     compare   -> core                      statistics, the table's rows, run files, provenance
     training  -> core                      the Accelerate loop, launch, data on the device, run file
@@ -22,7 +22,7 @@ MAY_IMPORT = {
     "training": {"core"},
     "compare": {"core"},
     "parallel": {"core", "training"},
-    "report": {"core", "training", "compare"},
+    "report": {"core", "training", "compare", "parallel"},
 }
 
 

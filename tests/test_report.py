@@ -24,9 +24,10 @@ def argv(report_argv):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, make_results_project, run_stage, compare_argv, argv) -> Path:
+    """The results project's table and report, the report with --provenance as dvc.yaml runs it."""
     root = make_results_project(tmp_path_factory.mktemp("report"))
     run_stage("compare", compare_argv(root))
-    run_stage("report", argv(root))
+    run_stage("report", [*argv(root), "--provenance", root / "metrics/provenance.json"])
     return root
 
 
@@ -129,21 +130,31 @@ def test_misclassified_digits_are_the_errors_file(built, report):
     assert "The first 25 in test-set order" in report
 
 
-def test_a_variant_outside_its_interval_gets_the_facts_of_its_epochs(tmp_path, make_results_project, run_stage,
-                                                                     compare_argv, argv):
-    # Had lr_scheduler's log reached 99.80 at epoch 10, it would lie above our [99.34, 99.60].
-    root = make_results_project(tmp_path)
+@pytest.fixture(scope="module")
+def edited_reference(tmp_path_factory, make_results_project, run_stage, compare_argv, argv) -> Path:
+    """The results project with two edits of its reference file, each read by its own test below:
+    lr_scheduler's log reaching 99.80 at epoch 10 (above our [99.34, 99.60]), and no published
+    numbers for skeleton (as an eighth variant would have). One table and report of both."""
+    root = make_results_project(tmp_path_factory.mktemp("edited_reference"))
     ref = json.loads((root / "reference/published.json").read_text())
     ref["logs"]["lr_scheduler"][9]["test_acc"] = 99.80
+    del ref["table"]["skeleton"], ref["logs"]["skeleton"]
     (root / "reference/published.json").write_text(json.dumps(ref))
     run_stage("compare", compare_argv(root))
     run_stage("report", argv(root))
-    outside = section((root / "metrics/report.md").read_text(), "## Outside the interval")
+    return root
+
+
+def test_a_variant_outside_its_interval_gets_the_facts_of_its_epochs(edited_reference, tmp_path, run_stage, argv):
+    # Had lr_scheduler's log reached 99.80 at epoch 10, it would lie above our [99.34, 99.60].
+    outside = section((edited_reference / "metrics/report.md").read_text(), "## Outside the interval")
     assert "**lr_scheduler**: the published best test is above our interval" in outside
     assert outside.count("**") == 2  # the only one
     assert "- published best test 99.80; our 5 seeds: mean 99.47, interval [99.34, 99.60] (SD 0.043)" in outside
     # the fixture's published-path rerun is one seed
     assert "- the published data path has fewer than 2 seeds here: no difference to estimate" in outside
+    root = tmp_path / "project"
+    shutil.copytree(edited_reference, root)
     shutil.rmtree(root / "metrics/published_path")  # not run: the sentence names its stage
     run_stage("report", argv(root))
     outside = section((root / "metrics/report.md").read_text(), "## Outside the interval")
@@ -178,15 +189,8 @@ def test_zoom_keeps_the_settled_epochs_on_the_axis():
     assert zoom_limits([95.11, 99.05, 99.47], 99.4, settled=[99.05, 99.47]) == (97.0, pytest.approx(99.67))
 
 
-def test_a_variant_without_published_numbers_is_shown_without_a_verdict(tmp_path, make_results_project, run_stage,
-                                                                      compare_argv, argv):
-    root = make_results_project(tmp_path)
-    ref = json.loads((root / "reference/published.json").read_text())
-    del ref["table"]["skeleton"], ref["logs"]["skeleton"]  # as an eighth variant would be
-    (root / "reference/published.json").write_text(json.dumps(ref))
-    run_stage("compare", compare_argv(root))
-    run_stage("report", argv(root))
-    report = (root / "metrics/report.md").read_text()
+def test_a_variant_without_published_numbers_is_shown_without_a_verdict(edited_reference):
+    report = (edited_reference / "metrics/report.md").read_text()  # skeleton's published numbers removed
     header, *rows = table_after(report, "## Side by side")
     skeleton = dict(zip(header, rows[1]))
     assert skeleton["Params: ours / published"] == "4,572 / –" and skeleton["verdict"] == "–"
@@ -283,7 +287,11 @@ def test_a_variant_not_run_is_in_every_table_with_its_stage(unrun_report):
 
 def test_totals_count_only_the_runs_that_exist(unrun_report):
     # skeleton 164.6 + batch_norm 266.1 + dropout 360.7 + fc_after_gap 360.7 + augmentation 409.7 = 1561.8 s
-    assert "In total 26.0 min over 5 runs of 5 variants (2 not run yet)." in unrun_report
+    assert "In total 26.0 min over 5 runs of 5 variants (2 not run yet): the table one run after another." \
+        in unrun_report
+    # two slots, longest first: 409.7 | 360.7, then 360.7 joins the second (721.4), 266.1 the first (675.8),
+    # 164.6 the first again (840.4 s)
+    assert "would take about 14.0 min, longest runs first" in unrun_report
     assert "; here t(0.975" not in unrun_report  # no variant left with 3 runs: lr_scheduler's extra seeds are not used
 
 
@@ -495,12 +503,9 @@ def test_the_cross_variant_pattern_by_hand(repo_root):
     assert "What it cannot test:" in text and "**The notebooks keeping one run.**" in text and ", as here;" in text
 
 
-def test_the_report_states_the_provenance_record_or_why_there_is_none(built, report, run_stage, argv, tmp_path):
+def test_the_report_states_the_provenance_record_or_why_there_is_none(built, report):
     # the results project is a copy without git: one line, in the record and in the report
     section_text = section(report, "## Provenance: when each decision was fixed").strip()
     assert section_text.startswith("No git history: ") and "\n" not in section_text
-    root = tmp_path / "project"
-    shutil.copytree(built, root)
-    run_stage("report", [*argv(root), "--provenance", root / "metrics/provenance.json"])
-    record = json.loads((root / "metrics/provenance.json").read_text())
+    record = json.loads((built / "metrics/provenance.json").read_text())
     assert record["decisions"] == [] and section_text == record["history"][:1].upper() + record["history"][1:] + "."

@@ -39,7 +39,7 @@ class Estimate:
 def stage_recipes(params: Params) -> dict[str, Recipe]:
     """{stage name: recipe} of every training stage dvc.yaml makes from params.yaml (its
     foreach/matrix groups: train@, seed@, seed_slow@, confirm@, precision@, published_path@,
-    compile_check@)."""
+    compile_check@, data_path_ours@, data_path_published@)."""
     ours = params.launch.mixed_precision
     found = {params.stage_of(v, s): Recipe(v, "ours", ours) for v in params.variants for s in params.seeds_of(v)}
     found.update({f"confirm@{s}": Recipe(params.confirmation.variant, "ours", ours)
@@ -51,6 +51,9 @@ def stage_recipes(params: Params) -> dict[str, Recipe]:
     # train.compile's other value: timed as the main runs (the committed runs say which they used)
     found.update({f"compile_check@{v}-{s}": Recipe(v, "ours", ours)
                   for v in params.compile_check.variants for s in params.compile_check.seeds})
+    for stage, data_path, precision in (("data_path_ours", "ours", ours), ("data_path_published", "published", "no")):
+        found.update({f"{stage}@{v}-{s}": Recipe(v, data_path, precision)
+                      for v in params.data_path_test.variants for s in params.data_path_test.seeds})
     return found
 
 

@@ -10,6 +10,7 @@ from .markdown import duration, markdown_table, plural
 from ..core.models import build_model, count_parameters
 from .receptive_field import layer_table
 from ..compare.reference import Reference
+from ..parallel.estimate import makespan
 from .inputs import ReportInputs
 
 
@@ -45,6 +46,20 @@ def steps_section(params: Params, reference: Reference) -> list[str]:
     return [f"{i}. `{v.name}`: {v.target}{notebook(v.name)}" for i, v in enumerate(params.variants.values(), 1)]
 
 
+SLOTS = 2  # one run per core on the 2-core machine the committed runs were made on
+
+
+def matrix_time(ran: dict) -> str:
+    """The same runs on SLOTS slots, longest first: a projection from their wall times."""
+    seconds = {f"{name}/{i}": r["wall_seconds"] for name, runs in ran.items() for i, r in enumerate(runs)}
+    if not seconds:
+        return ""
+    projected = makespan(sorted(seconds, key=seconds.get, reverse=True), {}, seconds, SLOTS)
+    return (f"The matrix with {SLOTS} slots (`python -m mnist_repro.parallel.matrix run`, one run per core) "
+            f"would take about {duration(projected)}, longest runs first: a projection from these wall times "
+            "(`mnist_repro.parallel.estimate.makespan`), not a timed matrix run.")
+
+
 def wall_time_section(inputs: ReportInputs) -> list[str]:
     machines = {describe_machine(r) for runs in inputs.ran.values() for r in runs}
     rows = []
@@ -60,8 +75,8 @@ def wall_time_section(inputs: ReportInputs) -> list[str]:
     unrun = f" ({len(inputs.not_run)} not run yet)" if inputs.not_run else ""
     return [f"Training wall time as each run file records it (`wall_seconds`).{where} "
             f"In total {duration(total)} over {plural(sum(map(len, inputs.ran.values())), 'run')} of "
-            f"{plural(len(inputs.ran), 'variant')}{unrun}. "
-            "Speed comparisons are the benchmark stage's (`metrics/benchmark.json`).",
+            f"{plural(len(inputs.ran), 'variant')}{unrun}: the table one run after another. "
+            f"{matrix_time(inputs.ran)} Speed comparisons are the benchmark stage's (`metrics/benchmark.json`).",
             "",
             markdown_table(["Variant", "Runs", f"Seed {inputs.params.train.seed}", "Mean per run", "Total"]
                            + ([f"Machine (seed {inputs.params.train.seed})"] if len(machines) > 1 else []),
