@@ -1,6 +1,7 @@
 """Does a change leave every training result as it was? Train every variant briefly at two
 revisions, on this machine with the same thread count, and compare the per-epoch histories
-(all but the epochs' seconds) and the trained weights' digests.
+(all but the epochs' seconds) and the trained weights' digests; and the published_path.variants
+on the notebooks' data path (stages/published_path.py), whose histories are compared.
 
     python research/same_results.py BASE [--head HEAD] [--out same_results.json]
 
@@ -69,6 +70,25 @@ def train_at(tree: Path, variant: str, data: Path, out: Path, args) -> dict:
             "weights": weights_digest(out / "model.pt")}
 
 
+def published_at(tree: Path, variant: str, data: Path, out: Path, args) -> dict:
+    """One short run of `variant` on the notebooks' data path (stages/published_path.py) of `tree`;
+    it saves no weights, so its history (with every epoch's losses and accuracies) is the result."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": str(args.threads),
+           "CUDA_VISIBLE_DEVICES": ""}
+    params = yaml.safe_load((tree / "params.yaml").read_text())
+    params["train"].update(cpu_threads=args.threads, epochs=args.epochs, train_limit=args.train_limit,
+                           test_limit=args.test_limit)
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cmd = [sys.executable, "stages/published_path.py", variant, "--params", str(out / "params.yaml"),
+           "--data", str(data), "--seed", str(args.seed), "--metrics", str(out / "run.json"),
+           "--history", str(out / "history.json")]
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"published path {variant} at {tree.name}: failed ({proc.stderr.strip().splitlines()[-1:]})")
+    return {"history": without_timing(json.loads((out / "history.json").read_text())), "weights": None}
+
+
 def compare(base: dict, head: dict) -> str:
     if base == head:
         return "identical"
@@ -111,6 +131,12 @@ def main(argv=None) -> int:
                 results[variant] = {"verdict": compare(runs["base"], runs["head"]),
                                     "weights": {side: run["weights"] for side, run in runs.items()}}
                 print(f"{variant:14} {results[variant]['verdict']}")
+            published = yaml.safe_load((trees["head"] / "params.yaml").read_text()).get("published_path", {})
+            for variant in [v for v in published.get("variants", []) if v in variants]:
+                runs = {side: published_at(tree, variant, data, Path(tmp) / "published" / side / variant, args)
+                        for side, tree in trees.items()}
+                results[f"published_path:{variant}"] = {"verdict": compare(runs["base"], runs["head"])}
+                print(f"{'published_path:' + variant:14} {results[f'published_path:{variant}']['verdict']}")
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)

@@ -38,7 +38,7 @@ def test_compare_names_the_first_epoch_that_differs():
 @pytest.mark.slow
 def test_a_change_of_recipe_differs_and_no_change_is_identical(tmp_path, cli_env, mnist_root):
     """In a clone: HEAD against itself is identical (exit 0); a commit that changes lr_scheduler's
-    lr differs from its parent for that variant (exit 1)."""
+    lr differs from its parent for that variant (exit 1), on both data paths."""
     clone = tmp_path / "clone"
     git_clone(REPO, clone, cli_env)
     raw = yaml.safe_load((clone / "params.yaml").read_text())
@@ -50,7 +50,9 @@ def test_a_change_of_recipe_differs_and_no_change_is_identical(tmp_path, cli_env
     same = subprocess.run([*script[:2], "HEAD", *script[2:]], cwd=clone, env=cli_env, capture_output=True, text=True)
     assert same.returncode == 0, same.stderr
     assert "lr_scheduler   identical" in same.stdout
+    assert "published_path:lr_scheduler identical" in same.stdout  # its notebooks' data path too
     changed = subprocess.run([*script[:2], "HEAD~1", *script[2:]], cwd=clone, env=cli_env, capture_output=True,
                              text=True)
     assert changed.returncode == 1, changed.stderr
     assert "lr_scheduler   history differs (from epoch 1)" in changed.stdout
+    assert "published_path:lr_scheduler history differs (from epoch 1)" in changed.stdout
