@@ -12,6 +12,7 @@ import argparse
 
 from mnist_repro.core import cli
 from mnist_repro.core.config import load_params
+from mnist_repro.parallel import pending
 from mnist_repro.training.published_path import rerun_and_write
 
 
@@ -24,6 +25,7 @@ def main(argv=None) -> None:
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--history", required=True)
     args = ap.parse_args(argv)
+    pending.announce(cpu=True)  # under `dvc repro`: the pipeline's pending training runs and their time
     rerun_and_write(load_params(args.params), args.variant, args.data, seed=args.seed,
                     metrics=args.metrics, history=args.history)
 

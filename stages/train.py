@@ -21,6 +21,7 @@ from mnist_repro.training import checkpoint
 
 from mnist_repro.core import cli
 from mnist_repro.core.config import load_params
+from mnist_repro.parallel import pending
 from mnist_repro.training.train import QUICK, train_and_write
 
 
@@ -60,6 +61,7 @@ def main(argv=None) -> None:
     params = load_params(args.params)
     if args.other_compile:
         overrides["compile"] = not params.train.compile
+    pending.announce()  # under `dvc repro`: the pipeline's pending training runs and their time, one line
     train_and_write(params, args.variant, args.data, seed=args.seed, train_overrides=overrides,
                     mixed_precision=args.mixed_precision, metrics=args.metrics, history=args.history,
                     model=args.model, errors=args.errors, checkpoint=args.checkpoint, resume=args.resume)
