@@ -75,6 +75,7 @@ def code_strings() -> dict[str, str]:
 MODULE = re.compile(r"python3? -m ([A-Za-z_][\w.]*)")
 DOTTED = re.compile(r"(?<![\w./-])(mnist_repro(?:\.\w+)+)")
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+WRITTEN = re.compile(r"--out\s+\\?\s*([\w./-]+)")
 PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\{[^}]*\}|<[^>]*>|\$\w+")
 
 
@@ -162,7 +163,8 @@ def stale(texts: dict[str, str]) -> list[str]:
             if not library_name_exists(name):
                 problems.append(f"{where}: {name}: no such module in src/")
         links = {trimmed(t) for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)}
-        for path in sorted(links | paths_named(text, folders, files)):
+        written = {trimmed(p) for p in WRITTEN.findall(text)}  # a command's --out: the file it creates
+        for path in sorted((links | paths_named(text, folders, files)) - written):
             if not path_exists(path, here):
                 problems.append(f"{where}: {path}: no such path")
     return problems
@@ -189,6 +191,7 @@ def test_code_strings_name_only_modules_and_paths_that_exist():
     ("python -m mnist_repro.training.launch and docs/pipeline.md and metrics/runs/<variant>/seed_1.json", []),
     ("outputs under data/MNIST and models/x.pt are not in a clone", []),
     ("a stage writes metrics/table/<step>_<variant>.json", []),
+    ("`python research/search.py x --out metrics/nothing_yet/x.json` creates it", []),  # a command's output
 ])
 def test_the_checker_finds_what_is_missing_and_only_that(text, expected):
     problems = [p.split(": ", 1)[1] for p in stale({"README.md": text})]
