@@ -285,13 +285,22 @@ def test_every_run_of_the_table_and_its_checks_has_a_recipe_to_estimate():
 
 # --- a tiny DVC project whose stages record what they see ---------------------------------------
 
-SEES = ("import json, os, sys, time; start = time.time(); time.sleep(float(sys.argv[2])); "
-        "json.dump(dict(cores=sorted(os.sched_getaffinity(0)), gpus=os.environ.get('CUDA_VISIBLE_DEVICES'), "
-        "slot=os.environ.get('MNIST_REPRO_SLOT'), start=start, end=time.time()), open(sys.argv[1], 'w'))")
+# A stage's item: seconds to sleep, or until:<file> to wait (at most 120 s) for another stage's output,
+# which makes two stages overlap, or one outlast another, without a fixed sleep long enough for a busy machine.
+SEES = """import json, os, sys, time
+start, wait = time.time(), sys.argv[2]
+if wait.startswith("until:"):
+    while not os.path.exists(wait[len("until:"):]) and time.time() < start + 120:
+        time.sleep(0.05)
+else:
+    time.sleep(float(wait))
+json.dump(dict(cores=sorted(os.sched_getaffinity(0)), gpus=os.environ.get("CUDA_VISIBLE_DEVICES"),
+               slot=os.environ.get("MNIST_REPRO_SLOT"), start=start, end=time.time()), open(sys.argv[1], "w"))
+"""
 
 
 def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -> Path:
-    """up -> t@<name> (each sleeps, then records what it saw in seen/<name>.json) -> gather; with
+    """up -> t@<name> (each sleeps or waits, SEES, then records what it saw in seen/<name>.json) -> gather; with
     benchmark, also up -> benchmark (a timing stage, which the matrix runs alone) -> gather."""
     root.mkdir(parents=True)
     (root / "sees.py").write_text(SEES)
@@ -351,7 +360,8 @@ def assert_clean_and_locked(root: Path, env: dict) -> None:
 
 @pytest.mark.slow
 def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, tiny_env, lock_dir):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6, "c": 0}, benchmark=True)
+    # a waits for b's record: if the two run at once they overlap, however slowly the machine starts them
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1, "c": 0}, benchmark=True)
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     proc = sh([*MATRIX, "run", "--jobs", "2", "--cores-per-slot", "1", "--lock-dir", lock_dir], root, env)
     runs = seen(root)
@@ -369,7 +379,7 @@ def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(
 
 @pytest.mark.slow
 def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_env, lock_dir):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 6, "b": 6})
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1})
     env = {**tiny_env, "MNIST_REPRO_GPUS": "0,1"}
     dry = sh([*MATRIX, "run", "--dry", "--lock-dir", lock_dir], root, env).stdout
     assert "4 stage(s) to run, 2 at a time in gpu:0, gpu:1" in dry
@@ -383,7 +393,8 @@ def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_e
 
 @pytest.mark.slow
 def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny_env, lock_dir):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60, "b": 30, "c": 1})
+    # b holds the other slot until c has run: c can only start in the killed run's slot
+    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60, "b": "until:seen/c.json", "c": 1})
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir)]
     runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -520,13 +531,14 @@ def test_after_a_ctrl_c_the_matrix_says_what_each_run_saved_and_the_rerun_does_t
 def matrix_params() -> dict:
     """Overrides for write_quick_params: two variants (under_5k, which the committed design search
     and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
-    published-path, confirmation or compile-check runs; one torch thread per run, so a run's numbers do not
-    depend on how many cores it was given."""
+    published-path, confirmation, compile-check or data-path-test runs; one torch thread per run, so a
+    run's numbers do not depend on how many cores it was given."""
     return {"overrides": {"variants": repo_variants(("skeleton", "under_5k")),
                           "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
                           "confirmation.seeds": [], "precision.variant": "skeleton",
                           "precision.seeds": [], "published_path.variants": [], "benchmark.variant": "skeleton",
                           "compile_check.variants": ["skeleton"], "compile_check.seeds": [],
+                          "data_path_test.variants": [], "data_path_test.seeds": [],
                           "benchmark.repeats": 1, "train.cpu_threads": 1}}
 
 
