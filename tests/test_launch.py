@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 import yaml
 from support.processes import run_cmd
 from support.projects import DVC, REPO, init_project, sh
@@ -24,6 +25,7 @@ def test_the_config_file_says_what_params_launch_says():
     assert (config["distributed_type"] != "NO") == launch["multi_gpu"]
 
 
+@pytest.mark.slow  # the launcher and the stage, each an interpreter importing torch
 def test_a_hand_launch_shows_one_error_line_no_warning_no_traceback(cli_env):
     proc = run_cmd([sys.executable, "-m", "mnist_repro.training.launch", "--config_file", CONFIG,
                     REPO / "stages" / "train.py", "lr_schedular"], {**cli_env, "CUDA_VISIBLE_DEVICES": ""})
@@ -35,6 +37,7 @@ def test_a_hand_launch_shows_one_error_line_no_warning_no_traceback(cli_env):
         + ", ".join(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])], both
 
 
+@pytest.mark.slow  # two launcher interpreters
 def test_more_processes_without_multi_gpu_stop_with_one_line_naming_the_flag(cli_env, tmp_path):
     """`accelerate launch --num_processes 2` without --multi_gpu would run one process (and the run
     file would say 1): refused before the stage starts, whatever else the command says."""

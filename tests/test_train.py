@@ -290,6 +290,7 @@ def shown_lines(text: str) -> list[str]:
     return [line.split("\r")[-1] for line in text.split("\n") if line.split("\r")[-1].strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part, file", [("model", "model.safetensors"), ("optimizer", "optimizer.bin")])
 def test_a_truncated_state_is_reported_in_one_line_and_the_run_starts_over(killed, uninterrupted, setup, part, file):
     """The weights are the first file loaded, the optimiser's the second: a state that fails
@@ -312,6 +313,7 @@ def test_a_truncated_state_is_reported_in_one_line_and_the_run_starts_over(kille
     assert without_timing(json.loads((out / "history.json").read_text())) == without_timing(uninterrupted["history"])
 
 
+@pytest.mark.slow
 def test_an_unreadable_manifest_is_reported_in_one_line_and_the_run_starts_over(killed, setup, capsys):
     manifest = node0(killed["out"] / "ckpt-bad-manifest") / "run.json"
     manifest.write_text(manifest.read_text()[:40])
@@ -327,6 +329,7 @@ def test_an_unreadable_manifest_is_reported_in_one_line_and_the_run_starts_over(
 # --- Ctrl-C: one line on how to resume, under the launcher dvc.yaml uses ----------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_in_one_line_how_to_resume_and_the_rerun_resumes(setup, uninterrupted, tmp_path):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     cmd = train_cmd(VARIANT, setup["params"], setup["data"], out, checkpoint=ckpt)
@@ -389,11 +392,16 @@ def test_the_slot_is_null_unless_the_matrix_runner_set_one(monkeypatch):
     assert launch_record()["slot"] == "gpu-3"
 
 
-def test_a_published_path_run_file_has_our_keys_and_its_data_path(setup, uninterrupted, tmp_path, quick_params):
-    params = load_params(quick_params(tmp_path, epochs=1, train_limit=256, test_limit=100, overrides=QUICK))
+def test_a_published_path_run_file_has_our_keys_and_its_data_path(setup, tmp_path, quick_params, run_stage):
+    path = quick_params(tmp_path, epochs=1, train_limit=256, test_limit=100, overrides=QUICK)
+    params = load_params(path)
     rerun_and_write(params, "skeleton", setup["data"], seed=2, metrics=tmp_path / "m.json", history=tmp_path / "h.json")
     m, history = json.loads((tmp_path / "m.json").read_text()), json.loads((tmp_path / "h.json").read_text())
-    assert set(m) == set(uninterrupted["metrics"]) and set(history[0]) == set(uninterrupted["history"][0])
+    # our data path's files for the same run, written by the train stage
+    run_stage("train", ["skeleton", "--params", path, "--data", setup["data"], "--seed", 2,
+                        "--metrics", tmp_path / "ours.json", "--history", tmp_path / "ours_history.json"])
+    ours, ours_history = (json.loads((tmp_path / name).read_text()) for name in ("ours.json", "ours_history.json"))
+    assert set(m) == set(ours) and set(history[0]) == set(ours_history[0])
     assert (m["data_path"], m["variant"], m["seed"], m["epochs"]) == ("published", "skeleton", 2, 1)
     assert (m["train_images"], m["test_images"], m["optimizer_steps"]) == (256, 100, 4)
     assert (m["num_processes"], m["device"], m["mixed_precision"]) == (1, "cpu", "no")
