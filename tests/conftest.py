@@ -91,6 +91,16 @@ def mnist_root(tmp_path_factory, mnist_mirror) -> Path:
 
 
 @pytest.fixture(scope="session")
+def repo_stages() -> dict:
+    """{stage name: its resolved definition} of the repository's dvc.yaml as DVC expands it (foreach
+    and matrix included), read once: expanding its ~200 stages takes seconds each time."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return {stage.addressing: stage for stage in repo.index.stages}
+
+
+@pytest.fixture(scope="session")
 def quick_params():
     """Factory: quick_params(dir_or_file, epochs=1, train_limit=256, test_limit=200,
     overrides={"variants.lr_scheduler.lr": 0.02}) -> path of the written params.yaml."""

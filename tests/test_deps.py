@@ -64,14 +64,6 @@ def import_closure(script: Path) -> list[str]:
     return sorted(p.relative_to(REPO).as_posix() for p in seen if p.name != "__init__.py")
 
 
-def stages() -> dict:
-    """{stage name: its resolved definition}, as DVC expands dvc.yaml (foreach and matrix included)."""
-    from dvc.repo import Repo
-
-    with Repo(str(REPO)) as repo:
-        return {stage.addressing: stage for stage in repo.index.stages if stage.cmd}
-
-
 def programs_of(cmd: str) -> list[Path]:
     """The stage script (one stages/*.py) and any package module the command runs with `python -m`
     (a launcher such as `python -m mnist_repro.training.launch ... stages/train.py`)."""
@@ -103,9 +95,11 @@ def test_the_closure_follows_late_and_relative_imports():
     assert "src/mnist_repro/core/errors.py" in closure  # config's `from .errors import ParamsError`
 
 
-def test_every_stage_depends_on_exactly_its_import_closure():
+def test_every_stage_depends_on_exactly_its_import_closure(repo_stages):
     wrong = {}
-    for name, stage in stages().items():
+    for name, stage in repo_stages.items():
+        if not stage.cmd:
+            continue
         expected = command_closure(stage.cmd)
         if code_deps(stage) != expected:
             wrong[name] = expected

@@ -1,6 +1,6 @@
 """DVC's Python internals are read in a few places only, and only on the DVC versions pyproject.toml
-pins: the tests read the expanded stages (dvc.repo.Repo(...).index.stages in test_deps and
-test_config), dvc.yaml's interpolation (dvc.parsing in the tests' launch flags), DVC's YAML reader
+pins: the tests read the expanded stages (dvc.repo.Repo(...).index.stages in conftest's repo_stages,
+for test_deps, test_config and test_compare), dvc.yaml's interpolation (dvc.parsing in the tests' launch flags), DVC's YAML reader
 and Hydra overrides (test_pipeline, test_plots, test_search); research/search.py reads experiments
 through dvc.repo.Repo. The library and the matrix use DVC's command line only (test_matrix checks
 that). A DVC outside the pin fails here, with what to check, instead of somewhere deep in a test."""
