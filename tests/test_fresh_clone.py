@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,29 @@ def get_data(root, env) -> None:
     assert porcelain(root, env) == ""
 
 
+@pytest.fixture(scope="module")
+def cloned_with_data(finished_pipeline, tmp_path_factory):
+    """A fresh clone (as `clone`) after get_data, made once: (root, the environment without the
+    clone's own PYTHONPATH). Tests work in copies of it (clone_with_data)."""
+    dest = tmp_path_factory.mktemp("with_data") / "clone"
+    env = {**finished_pipeline["env"], "OMP_NUM_THREADS": "1"}
+    git_clone(finished_pipeline["work"], dest, env)
+    get_data(dest, project_env(dest, env))
+    return dest, env
+
+
+@pytest.fixture
+def clone_with_data(cloned_with_data, tmp_path):
+    """A private copy of cloned_with_data (DVC cache hard-linked, its state rebuilt) and the
+    environment its stages run in: a fresh clone that has run docs/pipeline.md's first step."""
+    src, env = cloned_with_data
+    dest = tmp_path / "clone_with_data"
+    shutil.copytree(src, dest, symlinks=True,
+                    ignore=lambda d, names: ["tmp", "cache"] if Path(d) == src / ".dvc" else [])
+    shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)
+    return dest, project_env(dest, env)
+
+
 def committed(root) -> dict:
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
     digests = tree_digests(root)
@@ -87,11 +111,11 @@ def changed_since(before: dict, root) -> set:
     return {rel for rel in before.keys() | now.keys() if before.get(rel) != now.get(rel)}
 
 
-def test_an_unchanged_clone_reruns_nothing(clone):
+def test_an_unchanged_clone_reruns_nothing(clone, clone_with_data):
     root, env = clone
     argv = dvc(docs_command("dvc repro --allow-missing"))
     assert ran(sh(argv, root, env).stdout) == []  # before the data: every stage has only missing outputs
-    get_data(root, env)
+    root, env = clone_with_data                   # after get_data
     assert ran(sh(argv, root, env).stdout) == []
     assert porcelain(root, env) == ""
 
@@ -124,16 +148,15 @@ def set_values(argv: list[str]) -> dict:
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def test_try_a_change_is_an_experiment_of_its_own_runs_and_leaves_the_workspace(clone):
+def test_try_a_change_is_an_experiment_of_its_own_runs_and_leaves_the_workspace(clone_with_data):
     """The README's try-a-change (docs/pipeline.md shows the same line) reruns exactly the runs its
     -S touches, then the table and the report, so the experiment's table row is made from the
     experiment's own runs; --temp leaves the workspace and `dvc status` as they were."""
-    root, env = clone
+    root, env = clone_with_data
     argv = dvc(command_in(root / "README.md", TRY_COMMAND))
     for prefix in (TRY_COMMAND, "dvc exp show"):
         assert command_in(root / "README.md", prefix) == docs_command(prefix), \
             f"README.md and docs/pipeline.md show different `{prefix}` lines"
-    get_data(root, env)
     (key, value), = set_values(argv).items()
     variant, field = key.split(".")[1:]
     params = load_params(root / "params.yaml")
@@ -182,9 +205,8 @@ def test_try_a_change_is_an_experiment_of_its_own_runs_and_leaves_the_workspace(
     assert name in out and str(value) in out, out
 
 
-def test_the_quick_try_reruns_one_run_the_table_and_the_report(clone):
-    root, env = clone
-    get_data(root, env)
+def test_the_quick_try_reruns_one_run_the_table_and_the_report(clone_with_data):
+    root, env = clone_with_data
     argv = dvc(docs_command("dvc exp run --allow-missing --downstream"))
     target = next(a for a in argv if "@" in a)
     proc = sh(argv, root, env, timeout=900)
@@ -227,9 +249,8 @@ BAD_OVERRIDES = ((["--temp"], "+train.epoch=3", re.compile(r"\btrain\.epoch: unk
                  ([], "train.epochs=0", re.compile(r"\btrain\.epochs\b.*\b0\b")))
 
 
-def test_bad_params_stop_in_check_params_and_change_no_committed_file(clone):
-    root, env = clone
-    get_data(root, env)
+def test_bad_params_stop_in_check_params_and_change_no_committed_file(clone_with_data):
+    root, env = clone_with_data
     before, data = committed(root), tree_digests(root, "data/MNIST")
     for temp, override, names_key in BAD_OVERRIDES:
         what = f"dvc exp run {' '.join(temp)} -S {override}"
@@ -271,9 +292,8 @@ def interrupt_after_a_saved_epoch(proc, manifest, log, timeout=600) -> None:
     proc.wait(timeout=120)
 
 
-def test_an_interrupted_exp_run_changes_no_result_and_resumes_when_rerun(clone, tmp_path):
-    root, env = clone
-    get_data(root, env)
+def test_an_interrupted_exp_run_changes_no_result_and_resumes_when_rerun(clone_with_data, tmp_path):
+    root, env = clone_with_data
     before = committed(root)
     argv = [*DVC, "exp", "run", "train@lr_scheduler", "-S", "train.epochs=3", "-S", "train.train_limit=2048"]
     log = tmp_path / "first.log"
