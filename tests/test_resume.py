@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.processes import Started, error_lines, run_cmd, run_until_checkpoint, train_cmd
-from support.projects import DVC, REPO, init_project, project_env, sh
+from support.projects import DVC, REPO, project_env, sh
 
 from mnist_repro.training import checkpoint as ckpt_module
 from mnist_repro.core import cli
@@ -87,16 +87,18 @@ def test_a_resume_on_another_thread_count_stops_with_one_line(tmp_path, quick_pa
 def test_a_killed_run_resumed_on_another_thread_count_stops_or_records_the_override(tmp_path, quick_params,
                                                                                      mnist_root, env):
     """The stage CLI: killed after its first saved epoch, rerun with 2 threads: one error line, exit 1,
-    nothing written; with the override it resumes, and the run file's segments say what happened."""
+    nothing written; with the override it resumes, and the run file's segments say what happened.
+    (`python stages/train.py`, not under the launcher: the check is the stage's, and the launcher
+    adds an interpreter and its torch import to each run; tests/test_train.py resumes under it.)"""
     one = quick_params(tmp_path / "one.yaml", epochs=3, train_limit=512, test_limit=200, overrides=QUICK)
     two = quick_params(tmp_path / "two.yaml", epochs=3, train_limit=512, test_limit=200,
                        overrides={**QUICK, "train.cpu_threads": 2})
     out, folder = tmp_path / "out", tmp_path / "ckpt"
-    _, (saved,) = run_until_checkpoint([train_cmd(VARIANT, one, mnist_root, out, checkpoint=folder)], env,
+    _, (saved,) = run_until_checkpoint([train_cmd(VARIANT, one, mnist_root, out, checkpoint=folder, launch=False)], env,
                                        tmp_path / "logs", [folder / "node-0" / "run.json"])
     done = len(saved["history"])
 
-    refused = run_cmd(train_cmd(VARIANT, two, mnist_root, out, checkpoint=folder), env)
+    refused = run_cmd(train_cmd(VARIANT, two, mnist_root, out, checkpoint=folder, launch=False), env)
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert error_lines(refused.stderr) == [
         f"error: {folder}: epochs 1-{done} ran on 1 CPU thread(s) per process, this run has 2 "
@@ -104,7 +106,8 @@ def test_a_killed_run_resumed_on_another_thread_count_stops_or_records_the_overr
         f"to start over, or set {THREADS_ENV}=1 to mix them (recorded in the run file)"], refused.stderr
     assert "Traceback" not in refused.stdout + refused.stderr and not (out / "metrics.json").exists()
 
-    mixed = run_cmd(train_cmd(VARIANT, two, mnist_root, out, checkpoint=folder), {**env, THREADS_ENV: "1"})
+    mixed = run_cmd(train_cmd(VARIANT, two, mnist_root, out, checkpoint=folder, launch=False),
+                    {**env, THREADS_ENV: "1"})
     assert mixed.returncode == 0, mixed.stderr[-3000:]
     assert f"{VARIANT}: resuming after epoch {done} from {folder}" in mixed.stdout
     segments = json.loads((out / "metrics.json").read_text())["segments"]
@@ -128,12 +131,14 @@ def interrupt(run: Started, until, timeout=240) -> None:
     assert run.proc.wait(timeout=120) == cli.INTERRUPTED, run.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_any_saved_epoch_says_nothing_will_resume_and_the_rerun_starts_over(
         tmp_path, quick_params, mnist_root, env):
-    """basic_setup's case: a Ctrl-C in the first epoch, its folder still empty."""
+    """basic_setup's case: a Ctrl-C in the first epoch, its folder still empty. (The stage alone:
+    tests/test_train.py's Ctrl-C goes through the launcher, which passes it on and adds nothing.)"""
     params = quick_params(tmp_path, epochs=2, train_limit=4096, test_limit=200, overrides=QUICK)
     out, folder = tmp_path / "out", tmp_path / "ckpt"
-    cmd = train_cmd(VARIANT, params, mnist_root, out, checkpoint=folder)
+    cmd = train_cmd(VARIANT, params, mnist_root, out, checkpoint=folder, launch=False)
     run = Started(cmd, env, tmp_path / "run")
     interrupt(run, lambda: "saving each finished epoch in" in run.stdout)
     assert shown(run.stderr) == [
@@ -183,13 +188,14 @@ def test_the_rerun_named_is_the_command_that_was_interrupted(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_exp_run_temp_keeps_the_state_and_the_rerun_resumes(tmp_path, env):
+def test_ctrl_c_under_exp_run_temp_keeps_the_state_and_the_rerun_resumes(copy_finished_pipeline, tmp_path, env):
     """dvc.yaml's --resume keeps the state at the project root, outside the temporary copy that
-    `dvc exp run --temp` deletes: the line promises a resume and the same command resumes."""
-    root = init_project(tmp_path / "project", env, params={"epochs": 3, "train_limit": 2048, "test_limit": 200,
-                                                            "overrides": QUICK})
+    `dvc exp run --temp` deletes: the line promises a resume and the same command resumes. (In a
+    copy of conftest's finished_pipeline, with longer runs set by -S.)"""
+    root = copy_finished_pipeline()
     penv = project_env(root, env)
-    argv = [*DVC, "exp", "run", "--temp", f"train@{VARIANT}"]
+    longer = {"train.epochs": 3, "train.train_limit": 2048, "train.test_limit": 200, **QUICK}
+    argv = [*DVC, "exp", "run", "--temp", f"train@{VARIANT}", *(f"-S{k}={v}" for k, v in longer.items())]
     log = tmp_path / "first.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(a) for a in argv], cwd=root, env=penv, stdout=out, stderr=subprocess.STDOUT,

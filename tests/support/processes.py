@@ -96,16 +96,20 @@ def free_port() -> int:
 
 class Started:
     """A command (a launcher and the workers it starts) running in its own session, its stdout
-    and stderr in <log>.out / <log>.err."""
+    and stderr in <log>.out / <log>.err. It takes a Ctrl-C as a terminal's job does: SIGINT at its
+    default even when pytest runs with SIGINT ignored (started with `&` or nohup), which a child
+    would otherwise inherit."""
 
     def __init__(self, cmd, env: dict, log: Path):
+        import signal
         import subprocess
 
         self.out, self.err = Path(f"{log}.out"), Path(f"{log}.err")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=out, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     @property
     def returncode(self):
