@@ -4,7 +4,8 @@ ends exactly as a serial `dvc repro`: every stage in dvc.lock, the same weights 
 
 Two kinds of project, each a throw-away git + DVC copy under pytest's tmp dir: a tiny one whose
 stages record what they see (their CPU affinity, CUDA_VISIBLE_DEVICES, MNIST_REPRO_SLOT and when
-they ran), and the real pipeline on a slice with two variants."""
+they ran), and the real pipeline on a slice with two variants, whose training stages are also
+stages of conftest's finished_pipeline (the serial `dvc repro` it is compared with)."""
 
 from __future__ import annotations
 
@@ -537,7 +538,9 @@ def matrix_params() -> dict:
     """Overrides for write_quick_params: two variants (under_5k, which the committed design search
     and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
     published-path, confirmation, compile-check or data-path-test runs; one torch thread per run, so a
-    run's numbers do not depend on how many cores it was given."""
+    run's numbers do not depend on how many cores it was given. The train section and these two
+    variants are those of conftest's finished_pipeline (QUICK_PIPELINE), so their training stages are
+    the same stages as there: same command, deps and params."""
     return {"overrides": {"variants": repo_variants(("skeleton", "under_5k")),
                           "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
                           "confirmation.seeds": [], "precision.variant": "skeleton",
@@ -578,7 +581,7 @@ def run_files(root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lock_dir):
+def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lock_dir, finished_pipeline):
     parallel = tmp_path / "parallel"
     env = project_env(parallel, cpu_env)
     make_matrix_project(parallel, env)
@@ -596,21 +599,23 @@ def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lo
     assert [e[0] for e in events[:2]] == ["start", "start"], proc.stdout   # both trained at once
     assert_clean_and_locked(parallel, env)
 
-    # The same training stages alone, one after another, on one core (taskset), as `dvc repro` runs them.
-    serial = tmp_path / "serial"
-    senv = project_env(serial, cpu_env)
-    make_matrix_project(serial, senv)
-    sh(["taskset", "-c", "0", *DVC, "repro", *TRAINING], serial, senv, timeout=1200)
+    # The same training stages one after another, unpinned, as plain `dvc repro` ran them: in
+    # conftest's finished_pipeline, the whole pipeline on the same slice (it trains more variants and seeds).
+    serial = finished_pipeline["work"]
     for stage in TRAINING:
         assert lock_entry(parallel, stage) == lock_entry(serial, stage)   # same command, deps and params
         mine, alone = weights(parallel, stage), weights(serial, stage)
         assert mine.keys() == alone.keys() and all(mine[k].equal(alone[k]) for k in mine)   # bit for bit
-    mine, alone = run_files(parallel), run_files(serial)
+    mine = run_files(parallel)
+    alone = {rel: run for rel, run in run_files(serial).items() if rel in mine}
     slot_of = dict(starts)
     for rel, run in mine.items():   # a summary records the slot its run was pinned to; a dvc repro, none
         if rel.startswith("metrics/runs/"):
             assert (run.pop("slot"), alone[rel].pop("slot")) == (slot_of[f"train@{run['variant']}"], None), rel
-    assert mine == alone                                                   # timing and slot aside
+            # ... and the cores it saw: its slot's one, and the same CPU model as the unpinned run's
+            pinned, unpinned = run.pop("device_name"), alone[rel].pop("device_name")
+            assert pinned == re.sub(r"\(\d+ cores\)$", "(1 cores)", unpinned), (pinned, unpinned)
+    assert mine == alone                                                   # timing, slot and cores aside
     assert len(mine) == 2 * len(TRAINING)
 
 
