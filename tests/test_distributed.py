@@ -65,8 +65,10 @@ def params(base, quick_params):
 
 @pytest.fixture(scope="module")
 def one_proc(cpu_env, params, mnist_root, base):
+    """The one-process run: the stage alone (`python stages/train.py`), the process a one-process
+    launch would start, without the launcher's interpreter."""
     out = base / "one"
-    return finished(run_cmd(train_cmd("lr_scheduler", params[0], mnist_root, out), cpu_env), out)
+    return finished(run_cmd(train_cmd("lr_scheduler", params[0], mnist_root, out, launch=False), cpu_env), out)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +148,8 @@ def shares(cpu_env, mnist_root, base, quick_params):
     for n, params in zip((1, 2), two_params(quick_params, base / "shares.yaml", epochs=SHARES_EPOCHS,
                                             train_limit=SHARES_TRAIN, test_limit=SHARES_TEST, overrides={
                                                 "train.batch_size": 128, "variants.skeleton.lr": 0.05})):
-        out = base / f"shares-{n}"
-        runs[n] = dict(finished(run_cmd(train_cmd("skeleton", params, mnist_root, out), cpu_env), out),
+        out = base / f"shares-{n}"  # one process: the stage alone, as one_proc
+        runs[n] = dict(finished(run_cmd(train_cmd("skeleton", params, mnist_root, out, launch=n > 1), cpu_env), out),
                        params=params, weights=torch.load(out / "model.pt", weights_only=True))
     return runs
 

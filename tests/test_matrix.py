@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -305,10 +306,21 @@ json.dump(dict(cores=sorted(os.sched_getaffinity(0)), gpus=os.environ.get("CUDA_
 """
 
 
-def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -> Path:
+@pytest.fixture(scope="module")
+def new_repo(tmp_path_factory, cli_env):
+    """new_repo(root): an empty git + DVC repository at root (git init, dvc init), copied from one made
+    once for the module: each project below starts as one."""
+    template = tmp_path_factory.mktemp("repo_template") / "repo"
+    template.mkdir()
+    git_init(template, cli_env)
+    sh([*DVC, "init", "-q"], template, cli_env)
+    return lambda root: Path(shutil.copytree(template, root, symlinks=True))
+
+
+def tiny_project(new_repo, root: Path, env: dict, sleeps: dict, benchmark: bool = False) -> Path:
     """up -> t@<name> (each sleeps or waits, SEES, then records what it saw in seen/<name>.json) -> gather; with
     benchmark, also up -> benchmark (a timing stage, which the matrix runs alone) -> gather."""
-    root.mkdir(parents=True)
+    new_repo(root)
     (root / "sees.py").write_text(SEES)
     (root / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())  # launch: 1 process
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
@@ -320,8 +332,6 @@ def tiny_project(root: Path, env: dict, sleeps: dict, benchmark: bool = False) -
                           "outs": [{"seen/benchmark.json": {"cache": False}}]}} if benchmark else {}),
         "gather": {"cmd": "cat seen/*.json > all.txt", "deps": ["seen"], "outs": ["all.txt"]}}}))
     (root / "seen").mkdir()
-    git_init(root, env)
-    sh([*DVC, "init", "-q"], root, env)
     git_commit(root, env, "tiny project")
     return root
 
@@ -365,9 +375,9 @@ def assert_clean_and_locked(root: Path, env: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, tiny_env, lock_dir):
+def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(tmp_path, new_repo, tiny_env, lock_dir):
     # a waits for b's record: if the two run at once they overlap, however slowly the machine starts them
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1, "c": 0}, benchmark=True)
+    root = tiny_project(new_repo, tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1, "c": 0}, benchmark=True)
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     proc = sh([*MATRIX, "run", "--jobs", "2", "--cores-per-slot", "1", "--lock-dir", lock_dir], root, env)
     runs = seen(root)
@@ -384,8 +394,8 @@ def test_two_pinned_jobs_on_this_host_use_disjoint_cores_and_record_their_slots(
 
 
 @pytest.mark.slow
-def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_env, lock_dir):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1})
+def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, new_repo, tiny_env, lock_dir):
+    root = tiny_project(new_repo, tmp_path / "tiny", tiny_env, {"a": "until:seen/b.json", "b": 1})
     env = {**tiny_env, "MNIST_REPRO_GPUS": "0,1"}
     dry = sh([*MATRIX, "run", "--dry", "--lock-dir", lock_dir], root, env).stdout
     assert "4 stage(s) to run, 2 at a time in gpu:0, gpu:1" in dry
@@ -398,9 +408,9 @@ def test_a_simulated_two_gpu_host_gives_each_run_its_own_device(tmp_path, tiny_e
 
 
 @pytest.mark.slow
-def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny_env, lock_dir):
+def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, new_repo, tiny_env, lock_dir):
     # b holds the other slot until c has run: c can only start in the killed run's slot
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60, "b": "until:seen/c.json", "c": 1})
+    root = tiny_project(new_repo, tmp_path / "tiny", tiny_env, {"a": 60, "b": "until:seen/c.json", "c": 1})
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir)]
     runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -433,10 +443,10 @@ def test_a_killed_run_loses_only_itself_frees_its_slot_and_reruns(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_a_partial_run_says_what_is_stale_and_the_run_that_completes_it_runs_gather(tmp_path, tiny_env, lock_dir):
+def test_a_partial_run_says_what_is_stale_and_the_run_that_completes_it_runs_gather(tmp_path, new_repo, tiny_env, lock_dir):
     """`run t@a` leaves t@b and gather stale and says so (as `dvc status` does); `run t@b` then
     finishes everything gather depends on, so gather runs too and `dvc status` is clean."""
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 0, "b": 0})
+    root = tiny_project(new_repo, tmp_path / "tiny", tiny_env, {"a": 0, "b": 0})
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     cmd = [*MATRIX, "run", "--lock-dir", lock_dir]
     first = sh([*cmd, "t@a"], root, env).stdout
@@ -474,9 +484,9 @@ open(os.path.join("out", name), "w").write(str(saved))
 """
 
 
-def epochs_project(root: Path, env: dict, runs: dict) -> Path:
+def epochs_project(new_repo, root: Path, env: dict, runs: dict) -> Path:
     """up -> e@<name> (python epochs.py <name> <epochs> <seconds>) -> gather."""
-    root.mkdir(parents=True)
+    new_repo(root)
     (root / "epochs.py").write_text(EPOCHS)
     (root / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
     (root / ".gitignore").write_text("/ck/\n")
@@ -486,15 +496,13 @@ def epochs_project(root: Path, env: dict, runs: dict) -> Path:
                                       "outs": [{"out/${key}": {"cache": False}}]}},
         "gather": {"cmd": "cat out/* > all.txt", "deps": ["out"], "outs": ["all.txt"]}}}))
     (root / "out").mkdir()
-    git_init(root, env)
-    sh([*DVC, "init", "-q"], root, env)
     git_commit(root, env, "epochs project")
     return root
 
 
 @pytest.mark.slow
-def test_after_a_ctrl_c_the_matrix_says_what_each_run_saved_and_the_rerun_does_that(tmp_path, tiny_env, lock_dir):
-    root = epochs_project(tmp_path / "epochs", tiny_env, {"a": "5 1", "b": "2 90"})
+def test_after_a_ctrl_c_the_matrix_says_what_each_run_saved_and_the_rerun_does_that(tmp_path, new_repo, tiny_env, lock_dir):
+    root = epochs_project(new_repo, tmp_path / "epochs", tiny_env, {"a": "5 1", "b": "2 90"})
     env = {**tiny_env, "MNIST_REPRO_GPUS": ""}
     cmd = [str(c) for c in (*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir)]
     runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -538,22 +546,31 @@ def matrix_params() -> dict:
     """Overrides for write_quick_params: two variants (under_5k, which the committed design search
     and the confirmation need, and skeleton), no extra seeds (slow group included), precision,
     published-path, confirmation, compile-check or data-path-test runs; one torch thread per run, so a
-    run's numbers do not depend on how many cores it was given. The train section and these two
-    variants are those of conftest's finished_pipeline (QUICK_PIPELINE), so their training stages are
-    the same stages as there: same command, deps and params."""
+    run's numbers do not depend on how many cores it was given; a benchmark of the paths that need
+    neither a GPU nor a compiler (fp16 is skipped on a CPU; matrix_env names no compiler). The train
+    section and these two variants are those of conftest's finished_pipeline (QUICK_PIPELINE), so their
+    training stages are the same stages as there: same command, deps and params."""
     return {"overrides": {"variants": repo_variants(("skeleton", "under_5k")),
                           "seeds.variants": [], "seeds.extra": [], "seeds.slow": {"variants": [], "extra": []},
                           "confirmation.seeds": [], "precision.variant": "skeleton",
                           "precision.seeds": [], "published_path.variants": [], "benchmark.variant": "skeleton",
                           "compile_check.variants": ["skeleton"], "compile_check.seeds": [],
                           "data_path_test.variants": [], "data_path_test.seeds": [],
-                          "benchmark.repeats": 1, "train.cpu_threads": 1}}
+                          "benchmark.repeats": 1, "benchmark.mixed_precision": "fp16", "train.cpu_threads": 1}}
 
 
 # compare and report read these folders; with no published-path, confirmation, precision or
 # compile-check stage nothing writes them.
 EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision", "metrics/compile_check")
 TRAINING = ("train@skeleton", "train@under_5k")
+
+
+def matrix_env(root: Path, cpu_env: dict) -> dict:
+    """The environment of a matrix project's commands: its own sources first, and a C++ compiler that
+    does not exist ($CXX), so the benchmark stage leaves the compiled path out (saying why) instead of
+    starting two more processes; no stage of the project compiles (train.compile false, no
+    compile_check seeds)."""
+    return {**project_env(root, cpu_env), "CXX": "no-such-c++"}
 
 
 def make_matrix_project(root: Path, env: dict) -> Path:
@@ -583,7 +600,7 @@ def run_files(root: Path) -> dict:
 @pytest.mark.slow
 def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lock_dir, finished_pipeline):
     parallel = tmp_path / "parallel"
-    env = project_env(parallel, cpu_env)
+    env = matrix_env(parallel, cpu_env)
     make_matrix_project(parallel, env)
     proc = sh([*MATRIX, "run", "--cores-per-slot", "1", "--lock-dir", lock_dir], parallel, env,
               timeout=1200)
@@ -622,12 +639,11 @@ def test_the_pipeline_two_at_a_time_ends_as_a_serial_repro(tmp_path, cpu_env, lo
 # --- what the design relies on in DVC itself (3.67) ------------------------------------------------
 
 @pytest.mark.slow
-def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tmp_path, tiny_env):
+def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tmp_path, new_repo, tiny_env):
     """Why the experiment queue cannot fill the workspace: its results could come back only through
     the run-cache, and DVC keeps none for a stage with a persist output (every training stage's
     checkpoints)."""
-    root = tmp_path / "cache"
-    root.mkdir()
+    root = new_repo(tmp_path / "cache")
 
     def stage(persist: bool) -> dict:
         return {"cmd": "cp in.txt out_${item}.txt && mkdir -p ck_${item}", "deps": ["in.txt"],
@@ -636,8 +652,6 @@ def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tm
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "plain": {"foreach": ["p"], "do": stage(False)}, "resumable": {"foreach": ["r"], "do": stage(True)}}}))
     (root / "in.txt").write_text("1\n")
-    git_init(root, tiny_env)
-    sh([*DVC, "init", "-q"], root, tiny_env)
     for value in ("1", "2"):
         (root / "in.txt").write_text(f"{value}\n")
         sh([*DVC, "repro"], root, tiny_env)
@@ -648,8 +662,8 @@ def test_dvc_restores_a_stage_from_its_run_cache_only_without_persist_outputs(tm
 
 
 @pytest.mark.slow
-def test_a_killed_dvc_leaves_its_lock_entry_which_the_next_run_removes(tmp_path, tiny_env):
-    root = tiny_project(tmp_path / "tiny", tiny_env, {"a": 60})
+def test_a_killed_dvc_leaves_its_lock_entry_which_the_next_run_removes(tmp_path, new_repo, tiny_env):
+    root = tiny_project(new_repo, tmp_path / "tiny", tiny_env, {"a": 60})
     sh([*DVC, "repro", "up"], root, tiny_env)
     dvc = subprocess.Popen([*DVC, "repro", "--single-item", "t@a"], cwd=root, env=tiny_env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

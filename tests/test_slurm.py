@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 from support.processes import launch_flags
-from support.projects import DVC, project_env, sh, tree_digests
-from test_matrix import TRAINING, assert_clean_and_locked, make_matrix_project
+from support.projects import DVC, sh, tree_digests
+from test_matrix import TRAINING, assert_clean_and_locked, make_matrix_project, matrix_env
 
 pytestmark = pytest.mark.slow  # trains in subprocesses or runs stages/DVC
 
@@ -169,7 +169,7 @@ case "$*" in *--array*) echo "777;cluster" ;; *) echo 778 ;; esac
 @pytest.mark.slow
 def test_the_array_runs_as_two_tasks_and_the_gather_step_leaves_status_clean(tmp_path, cpu_env):
     project, bin_dir, log = tmp_path / "project", tmp_path / "bin", tmp_path / "sbatch.log"
-    env = project_env(project, cpu_env)
+    env = matrix_env(project, cpu_env)
     make_matrix_project(project, env)
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/bash\n" + SBATCH_STUB)
