@@ -1,5 +1,5 @@
-"""DVC stages train@<variant>, seed@<variant>-<seed>, precision@<seed>, confirm@<seed> and
-compile_check@<variant>-<seed>: train one variant; write its run summary, per-epoch history, and
+"""DVC stages train@<variant>, seed@<variant>-<seed>, registered@<variant>-<seed>, precision@<seed>,
+confirm@<seed> and compile_check@<variant>-<seed>: train one variant; write its run summary, per-epoch history, and
 (main run) weights and misclassified test images.
 
 By hand:  python -m mnist_repro.training.launch stages/train.py lr_scheduler --quick   (prints, writes nothing)
@@ -27,7 +27,7 @@ from mnist_repro.training.train import QUICK, train_and_write
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variant", help="a key under `variants:` in params.yaml")
+    ap.add_argument("variant", help="a key under `variants:` (or `registration.variants:`) in params.yaml")
     ap.add_argument("--seed", type=int, help="override train.seed (the extra-seed and confirmation runs)")
     ap.add_argument("--epochs", type=int, help="override train.epochs for this run")
     ap.add_argument("--train-limit", type=int, help="override train.train_limit: train on the first N images")

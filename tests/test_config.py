@@ -116,7 +116,7 @@ def test_dvc_stages_are_exactly_the_runs_params_fix(repo_root, repo_stages):
     run groups' stages to their params' lists: the matrix's cross products add no run."""
     params = load_params(repo_root / "params.yaml")
     names = set(repo_stages)
-    training = {n for n in names if n.split("@")[0] in ("train", "seed", "seed_slow")}
+    training = {n for n in names if n.split("@")[0] in ("train", "seed", "seed_slow", "registered")}
     assert training == {params.stage_of(v, s) for v in params.variants for s in params.seeds_of(v)}
     assert {n for n in names if n.startswith("published_path@")} == {
         f"published_path@{v}-{s}" for v in params.published_path.variants for s in params.published_path.seeds}

@@ -6,11 +6,17 @@ of the wrong type or out of range raises ``ParamsError`` naming the key path
 its own fields' ranges as it is made (``__post_init__``, so a ``dataclasses.replace``
 copy is checked too); ``parse_params`` checks what spans sections (a named variant
 exists, extra seeds exclude train.seed) and whether a variant's model builds.
+
+The optional ``registration`` section holds registered variants: designs fixed in one commit
+with their own seeds and a criterion, trained on those seeds only (stage
+registered@<variant>-<seed>, no train@ run). ``Params.variants`` lists them after the
+``variants:`` entries, so every reader of the table's variants sees them;
+``Params.seeds_of`` and ``Params.stage_of`` give their seeds and stages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +111,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VariantConfig:
+    SECTION = "variants"  # where params.yaml holds it, for messages (not a field)
     name: str
     model: str
     optimizer: str
@@ -117,7 +124,7 @@ class VariantConfig:
     target: str
 
     def __post_init__(self):
-        path = f"variants.{self.name}"
+        path = f"{self.SECTION}.{self.name}"
         if self.schedule not in SCHEDULES:
             raise ParamsError(f"{path}.schedule: unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -133,6 +140,12 @@ class VariantConfig:
         if not 0 <= self.weight_decay < 0.1:
             raise ParamsError(f"{path}.weight_decay: must be in [0, 0.1) (0 = none, as published; "
                               f"5e-4 is a common value), got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class RegisteredVariant(VariantConfig):
+    """A registered variant (registration.variants.<name>): the same recipe fields, its own section."""
+    SECTION = "registration.variants"
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,39 @@ class DataPathTestConfig(EquivalenceRuns):
 
 
 @dataclass(frozen=True)
+class RegistrationConfig:
+    """Registered variants (params.yaml `registration`, optional): each trains `seeds` alone (stage
+    registered@<variant>-<seed>) and is judged by the criterion; empty when the section is absent."""
+    variants: dict              # name -> RegisteredVariant (defaults merged in), in params.yaml order
+    seeds: tuple                # seeds no other run of params.yaml trains
+    min_final_test_mean: float  # %, mean final-epoch test accuracy over the seeds
+    min_seeds_at: int           # seeds whose final-epoch test accuracy is at least min_final_test_mean
+
+    @classmethod
+    def none(cls) -> RegistrationConfig:
+        """params.yaml without a `registration` section: no registered variant."""
+        return cls({}, (), 100.0, 0)
+
+    def __post_init__(self):
+        if not self.variants:  # no section: nothing registered, nothing to check
+            return
+        if len(self.seeds) < 2:
+            raise ParamsError(f"registration.seeds: {len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''}; "
+                              "list at least 2 (a mean over seeds and its spread)")
+        if not 0 < self.min_final_test_mean <= 100:
+            raise ParamsError(f"registration.min_final_test_mean: must be a test accuracy in (0, 100] %, "
+                              f"got {self.min_final_test_mean}")
+        if not 0 <= self.min_seeds_at <= len(self.seeds):
+            raise ParamsError(f"registration.min_seeds_at: must be a count of seeds from 0 to the "
+                              f"{len(self.seeds)} registration.seeds lists, got {self.min_seeds_at}")
+
+    def met(self, finals: list[float]) -> bool:
+        """Do these final-epoch test accuracies, one per seed, meet the criterion?"""
+        return (sum(finals) / len(finals) >= self.min_final_test_mean
+                and sum(f >= self.min_final_test_mean for f in finals) >= self.min_seeds_at)
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     variant: str
     steps: int
@@ -228,7 +274,7 @@ class Params:
     download: DownloadConfig
     launch: LaunchConfig
     train: TrainConfig
-    variants: dict  # name -> VariantConfig (defaults merged in), in params.yaml order
+    variants: dict  # name -> VariantConfig (defaults merged in): `variants`, then `registration.variants`
     seeds: SeedsConfig
     published_path: PublishedPathConfig
     confirmation: ConfirmationConfig
@@ -236,6 +282,11 @@ class Params:
     benchmark: BenchmarkConfig
     compile_check: CompileCheckConfig
     data_path_test: DataPathTestConfig
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig.none)
+
+    def registered(self, name: str) -> bool:
+        """Is `name` a registered variant (registration.variants), which trains registration.seeds only?"""
+        return name in self.registration.variants
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -245,8 +296,11 @@ class Params:
         return self.variants[name]
 
     def seeds_of(self, name: str) -> tuple[int, ...]:
-        """Every seed variant `name` trains, train.seed first (params.yaml's train.seed and seeds)."""
+        """Every seed variant `name` trains, its main run's first: train.seed and its group's extra
+        seeds (params.yaml's train.seed and seeds), or a registered variant's registration.seeds."""
         self.variant(name)
+        if self.registered(name):
+            return self.registration.seeds
         for group in (self.seeds, self.seeds.slow):
             if name in group.variants:
                 return (self.train.seed, *group.extra)
@@ -257,6 +311,8 @@ class Params:
         if seed not in self.seeds_of(name):
             raise ParamsError(f"seeds: variant {name} does not train seed {seed}; its seeds are "
                               f"{', '.join(map(str, self.seeds_of(name)))}")
+        if self.registered(name):
+            return f"registered@{name}-{seed}"
         if seed == self.train.seed:
             return f"train@{name}"
         return f"{'seed_slow' if name in self.seeds.slow.variants else 'seed'}@{name}-{seed}"
@@ -267,18 +323,18 @@ OWN_KEYS = ("name", "model", "target")
 RECIPE_KEYS = tuple(f.name for f in fields(VariantConfig) if f.name not in OWN_KEYS)
 
 
-def _build_variant(name: str, data: Any, defaults: dict) -> VariantConfig:
+def _build_variant(name: str, data: Any, defaults: dict, cls: type = VariantConfig) -> VariantConfig:
     from .models import unbuildable  # late import: models imports torch, config should not need to
 
-    path = f"variants.{name}"
+    path = f"{cls.SECTION}.{name}"
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping, got {type(data).__name__}")
     if "name" in data:
-        raise ParamsError(f"{path}.name: unknown key; the variant's name is its key under variants")
+        raise ParamsError(f"{path}.name: unknown key; the variant's name is its key under {cls.SECTION}")
     missing = [k for k in RECIPE_KEYS if k not in data and k not in defaults]
     if missing:
         raise ParamsError(f"{path}.{missing[0]}: missing; set it under defaults (every variant) or here")
-    variant = build(VariantConfig, {**defaults, **data, "name": name}, path)  # its own ranges: __post_init__
+    variant = build(cls, {**defaults, **data, "name": name}, path)  # its own ranges: __post_init__
     problem = unbuildable(variant.model)
     if problem:
         raise ParamsError(f"{path}.model: {problem}")
@@ -323,8 +379,58 @@ def _equivalence_runs(cls: type, raw: dict, variants: dict) -> EquivalenceRuns:
                        "seeds": int_list(data.get("seeds"), f"{name}.seeds")}, name)
 
 
+def _registration(raw: dict, defaults: dict, variants: dict) -> RegistrationConfig:
+    """The optional registration section: its variants built as `variants` entries are, under their own names."""
+    if "registration" not in raw:
+        return RegistrationConfig.none()
+    data = section(raw, "registration")
+    known = [f.name for f in fields(RegistrationConfig)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ParamsError(f"registration.{unknown[0]}: unknown key; allowed keys are {', '.join(known)}")
+    missing = [k for k in known if k not in data]
+    if missing:
+        raise ParamsError(f"registration.{missing[0]}: missing; add it, or remove the section to register no variant")
+    if not isinstance(data["variants"], dict) or not data["variants"]:
+        raise ParamsError("registration.variants: expected a mapping of at least one variant; remove the section "
+                          "to register none")
+    both = [name for name in data["variants"] if name in variants]
+    if both:
+        raise ParamsError(f"registration.variants.{both[0]}: also a variant under variants, which trains "
+                          "train.seed; keep it in one")
+    registered = {name: _build_variant(name, entry, defaults, RegisteredVariant)
+                  for name, entry in data["variants"].items()}
+    return build(RegistrationConfig, {**data, "variants": registered,
+                                      "seeds": int_list(data["seeds"], "registration.seeds")}, "registration")
+
+
+# The keys that name variants to train or check another way: a registered variant trains
+# registration.seeds alone, and their stages read `variants.<name>`, which it lacks.
+NAMING_KEYS = ("seeds.variants", "seeds.slow.variants", "published_path.variants", "compile_check.variants",
+               "data_path_test.variants", "confirmation.variant", "precision.variant", "benchmark.variant")
+
+
+def _refuse_registered(raw: dict, registered: dict) -> None:
+    for key in NAMING_KEYS:
+        value = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and name in registered:
+                raise ParamsError(f"{key}: {name!r} is a registered variant (registration.variants), which trains "
+                                  "registration.seeds alone; remove it here")
+
+
+def _shared_seed(seeds: tuple, used: dict) -> tuple[int, str] | None:
+    """(the smallest of `seeds` that some key of `used` also trains, the first such key), or None."""
+    shared = min(((seed, i, key) for i, (key, trained) in enumerate(used.items()) for seed in trained
+                  if seed in seeds), default=None)
+    return shared and (shared[0], shared[2])
+
+
 SECTIONS = ("download", "launch", "train", "defaults", "variants", "seeds", "published_path", "confirmation",
-            "precision", "benchmark", "compile_check", "data_path_test")
+            "precision", "benchmark", "compile_check", "data_path_test", "registration")
+OPTIONAL_SECTIONS = ("registration",)
 
 
 def parse_params(raw: Any) -> Params:
@@ -333,13 +439,15 @@ def parse_params(raw: Any) -> Params:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown section; allowed are {', '.join(SECTIONS)}")
-    missing = [s for s in SECTIONS if s not in raw]
+    missing = [s for s in SECTIONS if s not in raw and s not in OPTIONAL_SECTIONS]
     if missing:
         raise ParamsError(f"{missing[0]}: missing section; add it to params.yaml")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ParamsError("variants: expected a mapping of at least one variant")
     defaults = _defaults(raw["defaults"])
     variants = {name: _build_variant(name, data, defaults) for name, data in raw["variants"].items()}
+    registration = _registration(raw, defaults, variants)
+    _refuse_registered(raw, registration.variants)
     train = build(TrainConfig, raw["train"], "train")
     conf_raw, prec_raw = section(raw, "confirmation"), section(raw, "precision")
     precision = build(PrecisionConfig, {**prec_raw, "seeds": int_list(prec_raw.get("seeds"), "precision.seeds")},
@@ -348,7 +456,7 @@ def parse_params(raw: Any) -> Params:
         download=build(DownloadConfig, raw["download"], "download"),
         launch=build(LaunchConfig, raw["launch"], "launch"),
         train=train,
-        variants=variants,
+        variants={**variants, **registration.variants},  # the table's order: registered variants last
         seeds=_seeds(section(raw, "seeds"), variants, train.seed),
         published_path=_equivalence_runs(PublishedPathConfig, raw, variants),
         confirmation=build(ConfirmationConfig, {
@@ -357,16 +465,24 @@ def parse_params(raw: Any) -> Params:
         benchmark=build(BenchmarkConfig, raw["benchmark"], "benchmark"),
         compile_check=_equivalence_runs(CompileCheckConfig, raw, variants),
         data_path_test=_equivalence_runs(DataPathTestConfig, raw, variants),
+        registration=registration,
     )
-    run_before = sorted(set(params.data_path_test.seeds) & {
-        seed for name in params.data_path_test.variants for seed in params.seeds_of(name)})
+    run_before = _shared_seed(params.data_path_test.seeds,
+                              {name: params.seeds_of(name) for name in params.data_path_test.variants})
     if run_before:
         raise ParamsError(f"data_path_test.seeds: seed {run_before[0]} already trains these variants' table runs; "
                           "the test needs seeds never run before")
+    used = _shared_seed(registration.seeds, {
+        "train.seed": (train.seed,), "seeds.extra": params.seeds.extra, "seeds.slow.extra": params.seeds.slow.extra,
+        **{f"{key}.seeds": getattr(params, key).seeds for key in (
+            "published_path", "confirmation", "precision", "compile_check", "data_path_test")}})
+    if used:
+        raise ParamsError(f"registration.seeds: seed {used[0]} is also in {used[1]}; a registered variant needs "
+                          "seeds no other run trains")
     for key in ("confirmation", "precision", "benchmark"):
         name = getattr(params, key).variant
-        if name not in params.variants:
-            raise ParamsError(f"{key}.variant: {name!r} is not a variant; choose from {', '.join(params.variants)}")
+        if name not in variants:
+            raise ParamsError(f"{key}.variant: {name!r} is not a variant; choose from {', '.join(variants)}")
     return params
 
 

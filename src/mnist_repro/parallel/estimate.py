@@ -38,7 +38,7 @@ class Estimate:
 
 def stage_recipes(params: Params) -> dict[str, Recipe]:
     """{stage name: recipe} of every training stage dvc.yaml makes from params.yaml (its
-    foreach/matrix groups: train@, seed@, seed_slow@, confirm@, precision@, published_path@,
+    foreach/matrix groups: train@, seed@, seed_slow@, registered@, confirm@, precision@, published_path@,
     compile_check@, data_path_ours@, data_path_published@)."""
     ours = params.launch.mixed_precision
     found = {params.stage_of(v, s): Recipe(v, "ours", ours) for v in params.variants for s in params.seeds_of(v)}

@@ -119,7 +119,7 @@ def _check_finite(bad_step: torch.Tensor, variant: VariantConfig, epoch: int) ->
     if step >= 0:
         raise DivergedError(
             f"{variant.name}: loss became NaN or infinite at epoch {epoch}, step {step}; "
-            f"lower variants.{variant.name}.lr or check the data. No metrics were written.")
+            f"lower {variant.SECTION}.{variant.name}.lr or check the data. No metrics were written.")
 
 
 @torch.no_grad()
