@@ -367,3 +367,59 @@ def test_the_data_path_test_is_a_decision_with_its_own_runs():
     result = lambda kind, variant, seed: Result(kind, variant, seed, 99.0, 99.0, "c", 0)  # noqa: E731
     assert seeds.own(result("published", "a", 201)) and not seeds.own(result("ours", "a", 1))
     assert seeds.scope(result("ours", "a", 1)) and not seeds.scope(result("ours", "b", 201))
+
+
+# --- a registration (params.yaml `registration`, issue 32) ---------------------------------------------
+
+REGISTRATION = {"variants": {"r": {"model": "r", "lr": 0.03, "target": "t"}}, "seeds": [301, 302],
+                "min_final_test_mean": 99.0, "min_seeds_at": 1}
+REGISTERED = ("registration.seeds", "registration.min_final_test_mean", "registration.min_seeds_at", "recipe:r",
+              "run:ours/r/301", "run:ours/r/302")
+
+
+def test_a_registration_committed_before_any_result_of_its_variant(tmp_path):
+    h = History(tmp_path / "repo")
+    h.params()
+    h.commit("plan")
+    h.run("metrics/runs/a/seed_1.json", "a", 1, 99.1, 99.0)           # another variant's result: out of scope
+    h.commit("a's result")
+    h.params(lambda p: p.update(registration=REGISTRATION))
+    registered = h.commit("register r")
+    h.run("metrics/runs/r/seed_301.json", "r", 301, 99.2, 99.1)
+    h.commit("r's first registered run")
+    record = h.record()
+    d = by_id(record)
+    for key in REGISTERED:
+        assert (d[key]["commit"], d[key]["class"], d[key]["own_results_before"]) == (registered, BEFORE, 0), key
+    assert d["registration.min_seeds_at"]["value"] == 1 and d["recipe:r"]["value"]["lr"] == 0.03
+    assert d["registration.seeds"]["scope"] == "results of r"
+    assert ("ours", "r", 302) in planned_runs(json.loads(json.dumps({**PARAMS, "registration": REGISTRATION})))
+    assert record["rule"].endswith("registration.*) could have been informed by results of its variants.")
+    assert when(record, "registration.seeds").startswith(f"{BEFORE} (results of r; commit `{registered[:7]}`")
+
+
+def test_a_registration_committed_after_a_result_of_its_variant(tmp_path):
+    h = History(tmp_path / "repo")
+    h.params()
+    h.commit("plan")
+    h.run("metrics/runs/r/seed_7.json", "r", 7, 99.3, 99.2)           # r on the test set, outside any plan
+    seen = h.commit("a look at r on the test set")
+    h.params(lambda p: p.update(registration=REGISTRATION))
+    registered = h.commit("register r")
+    d = by_id(h.record())
+    for key in REGISTERED:
+        entry = d[key]
+        assert (entry["commit"], entry["class"], entry["result_commits"]) == (registered, "fixed after 1 result",
+                                                                                [seen]), key
+        # seed 7 is none of its runs; a recipe governs every run of its variant
+        assert entry["own_results_before"] == (key == "recipe:r"), key
+
+
+def test_a_record_without_a_registration_has_the_rule_as_before(tmp_path):
+    from mnist_repro.compare.provenance import RULE
+
+    h = History(tmp_path / "repo")
+    h.params()
+    h.commit("plan")
+    record = h.record()
+    assert record["rule"] == RULE and not any(e["id"].startswith("registration.") for e in record["decisions"])

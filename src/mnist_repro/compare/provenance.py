@@ -3,7 +3,8 @@
 A decision is a value in params.yaml the table rests on: each run's seed, each variant's recipe
 (`defaults` + `variants.<name>`, the model it names included), the published path's variants,
 seeds and margin, the data-path test's variants, seeds and margin, the confirmation's variant,
-seeds and criterion, the precision seeds. For each, the record names the commit that fixed it and counts the test-set results that were
+seeds and criterion, the precision seeds, and a registration's (params.yaml `registration`, when
+present) seeds and criterion, its variants' recipes and runs. For each, the record names the commit that fixed it and counts the test-set results that were
 already committed then, so "decided before the results" is a fact the record states, not a
 sentence someone wrote.
 
@@ -26,7 +27,9 @@ sentence someone wrote.
   the results of that variant (any data path, any seed); for `train.seed`, every result; for
   `seeds.*`, the results of the group's variants; for `published_path.*`, the results on the
   published data path; for `data_path_test.*`, the results of its variants (either path); for
-  `confirmation.*` and `precision.*`, the results of their variant. Separately, `own_results_before` counts the results of the runs the decision governs
+  `confirmation.*` and `precision.*`, the results of their variant; for `registration.*`, the
+  results of the registered variants (a registered variant's recipe and runs: of that variant, as
+  any variant's). Separately, `own_results_before` counts the results of the runs the decision governs
   (a run's own result, the margin's own published-path runs ...).
 - **Class**: `fixed before any result` when no result in scope was committed then, else
   `fixed after k results`.
@@ -64,6 +67,10 @@ RULE = ("A decision is fixed in the first commit where its params.yaml value too
         "It could have informed: a run's seed or a variant's recipe, when of that variant; train.seed, always; "
         "seeds.*, when of the group's variants; published_path.*, when on the published data path; "
         "data_path_test.*, when of its variants; confirmation.* and precision.*, when of their variant.")
+# Added to RULE when params.yaml has a registration, so that a record without one reads as before.
+RULE_REGISTRATION = (" The registration's settings (registration.*) could have been informed by results of its "
+                     "variants.")
+REGISTRATION_KEYS = ("seeds", "min_final_test_mean", "min_seeds_at")  # its decisions besides recipes and runs
 
 
 def after(k: int) -> str:
@@ -242,7 +249,14 @@ def planned_runs(raw: dict | None) -> set:
         runs |= {(kind, _get(raw, f"{section}.variant"), s) for s in _list(_get(raw, f"{section}.seeds"))}
     runs |= {(kind, v, s) for kind in ("ours", "published") for v in _list(_get(raw, "data_path_test.variants"))
              for s in _list(_get(raw, "data_path_test.seeds"))}
+    runs |= {("ours", v, s) for v in registered(raw) for s in _list(_get(raw, "registration.seeds"))}
     return runs
+
+
+def registered(raw: dict | None) -> list:
+    """The registered variants' names a params.yaml holds (registration.variants), [] without one."""
+    entries = _get(raw, "registration.variants", {})
+    return list(entries) if isinstance(entries, dict) else []
 
 
 RECIPE = ("model", *RECIPE_KEYS)
@@ -250,8 +264,11 @@ RECIPE = ("model", *RECIPE_KEYS)
 
 def recipe(raw: dict | None, name: str, fallback: dict) -> dict | None:
     """Variant `name`'s recipe in a params.yaml (its `defaults` merged in; a setting it lacks is
-    fallback's, today's `defaults`); None when it has no such variant."""
+    fallback's, today's `defaults`), from `variants` or `registration.variants`; None when it has no
+    such variant."""
     entry = _get(raw, f"variants.{name}")
+    if not isinstance(entry, dict):
+        entry = _get(raw, f"registration.variants.{name}")
     if not isinstance(entry, dict):
         return None
     defaults = _get(raw, "defaults", {})
@@ -280,7 +297,7 @@ def decisions(current: dict) -> list[Decision]:
     """Every decision behind the table, as the current params.yaml (a dict) holds it."""
     out = []
     fallback = _get(current, "defaults", {}) or {}
-    variants = list(_get(current, "variants", {}) or {})
+    variants = list(_get(current, "variants", {}) or {}) + registered(current)
     seed = _get(current, "train.seed")
     of = lambda names: lambda r: r.variant in names  # noqa: E731
     on_published = lambda r: r.kind == "published"  # noqa: E731
@@ -319,6 +336,15 @@ def decisions(current: dict) -> list[Decision]:
                                 _same(f"{section}.{key}", value), of([name]),
                                 lambda r, k=kind, n=name, s=seeds: r.kind == k and r.variant == n and r.seed in s,
                                 f"results of {name}"))
+    names = registered(current)
+    if names:
+        seeds = _list(_get(current, "registration.seeds"))
+        for key in REGISTRATION_KEYS:
+            value = _get(current, f"registration.{key}")
+            out.append(Decision(f"registration.{key}", f"the registration's {key.replace('_', ' ')}", value,
+                                _same(f"registration.{key}", value), of(names),
+                                lambda r: r.kind == "ours" and r.variant in names and r.seed in seeds,
+                                f"results of {', '.join(names)}"))
     for name in variants:
         value = recipe(current, name, fallback)
         out.append(Decision(f"recipe:{name}", f"variants.{name} over defaults (model {value['model']})", value,
@@ -381,7 +407,8 @@ def record_of(history: History | None, current: dict, why: str = "") -> dict:
     summary = {BEFORE: sum(e["class"] == BEFORE for e in entries),
                "fixed after results": sum(e["class"].startswith("fixed after") for e in entries),
                NOT_COMMITTED: sum(e["class"] == NOT_COMMITTED for e in entries)}
-    return {"about": about, "history": "read from git", "rule": RULE, "decisions": entries,
+    rule = RULE + (RULE_REGISTRATION if registered(current) else "")
+    return {"about": about, "history": "read from git", "rule": rule, "decisions": entries,
             "summary": {"decisions": len(entries), **summary}}
 
 
