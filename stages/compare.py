@@ -20,9 +20,9 @@ def compare(params_path, reference_path, runs_dir, published_path_dir, out_dir) 
     runs = read_runs(params, runs_dir)
     published_path = read_published_path(params, published_path_dir)
     others = published_values(reference, params, "best")
-    rows = {table_file(out_dir, params, name): table_row(runs[name], reference.get(name), others,
-                                                         published_path.get(name), params.published_path.margin)
-            for name in params.variants}
+    rows = {table_file(out_dir, params, name): table_row(
+        runs[name], reference.get(name), others, published_path.get(name), params.published_path.margin,
+        params.registration if params.registered(name) else None) for name in params.variants}
     not_run = {table_file(out_dir, params, name): f"{name}: {not_run_note(params, runs_dir, name)}"
                for name in params.variants if not runs[name]}
     return rows, not_run

@@ -1,14 +1,15 @@
 """Reading what the training stages wrote, with one-line errors that name the stage to rerun.
 
 Only the runs params.yaml configures are read: each variant's seeds (Params.seeds_of:
-train.seed's run is stage train@<variant>, the others seed@<variant>-<seed>), the
+train.seed's run is stage train@<variant>, the others seed@<variant>-<seed>; a registered
+variant's are registration.seeds, stages registered@<variant>-<seed>), the
 published-path reruns (published_path.variants x published_path.seeds, stage
 published_path@<variant>-<seed>) and the confirmation runs (confirmation.seeds, stage
 confirm@<seed>). A leftover file of a seed no longer configured is ignored; a
 configured one that is missing or stale stops the stage before anything is written,
 with exceptions for what is "not run yet": a variant whose main run file is missing
-(one variant can take hours, and the others are worth comparing meanwhile; its other
-seeds wait for it), a published-path variant or the confirmation with none of its
+(its first seed's: one variant can take hours, and the others are worth comparing
+meanwhile; its other seeds wait for it), a published-path variant or the confirmation with none of its
 files. Partly run, they are an error: a result from the seeds that happen to be done
 would be a result chosen by the clock.
 
@@ -73,21 +74,28 @@ def read_history(path: Path, epochs: int, summary: str, how_to_make: str) -> lis
 
 
 def not_run_note(params: Params, runs_dir: str | Path, name: str) -> str:
-    """Why a variant has no runs and the stage that makes its main run, on one line."""
-    path = seed_file(runs_dir, name, params.train.seed)
-    extras = [s for s in params.seeds_of(name)[1:] if seed_file(runs_dir, name, s).is_file()]
+    """Why a variant has no runs and the stage that makes its main run (a registered variant: its
+    stages, all run together), on one line."""
+    first, *others = params.seeds_of(name)
+    path = seed_file(runs_dir, name, first)
+    extras = [s for s in others if seed_file(runs_dir, name, s).is_file()]
     # Extra seeds alone would be compared as if one of them were the main run: say why they are unused.
     ignored = f"; extra seeds {', '.join(map(str, extras))} present, ignored until it exists" if extras else ""
-    return f"not run yet ({path} missing{ignored}): dvc repro {params.stage_of(name, params.train.seed)}"
+    stages = params.stage_of(name, first)
+    if params.registered(name):  # its seeds run together: the group's stages, one per seed
+        stages = (f"registered (its {len(others) + 1} stages {stages} ... {params.stage_of(name, others[-1])}, "
+                  "run together)")
+    return f"not run yet ({path} missing{ignored}): dvc repro {stages}"
 
 
 def read_runs(params: Params, runs_dir: str | Path) -> dict:
-    """variant -> its configured runs' summaries, train.seed first, in params.yaml order;
-    an empty list for a variant not run yet (its main run file missing, see not_run_note)."""
+    """variant -> its configured runs' summaries, its first seed's (train.seed's but for a registered
+    variant) first, in params.yaml order; an empty list for a variant not run yet (that first run
+    file missing, see not_run_note)."""
     runs = {}
     for name in params.variants:
         runs[name] = []
-        if not seed_file(runs_dir, name, params.train.seed).is_file():
+        if not seed_file(runs_dir, name, params.seeds_of(name)[0]).is_file():
             continue
         for seed in params.seeds_of(name):
             path = seed_file(runs_dir, name, seed)
@@ -174,8 +182,9 @@ def confirmation_note(params: Params) -> str:
 
 
 def read_errors(params: Params, errors_dir: str | Path, name: str, runs: dict) -> dict | None:
-    """The main run's misclassified test images of one variant; None when it is not run yet
-    (an errors file left from an earlier run would describe a run that is not there)."""
+    """The main run's misclassified test images of one variant (not a registered one: its stages
+    write none); None when it is not run yet (an errors file left from an earlier run would describe
+    a run that is not there)."""
     if not runs[name]:
         return None
     path = Path(errors_dir) / f"{name}.json"
@@ -192,18 +201,15 @@ SEARCH_KEYS = ("variant", "rule", "candidates", "experiments")
 
 
 def read_searches(params: Params, search_dir: str | Path) -> dict:
-    """variant -> its design search's record (python research/search.py), for every
-    <search>/<variant>.json; a record of a variant params.yaml lacks is an error."""
+    """design -> its search's record (python research/search.py), for every <search>/<design>.json;
+    a design params.yaml has no variant for is read too (its search done, the design not registered
+    yet: report.search says so)."""
     searches = {}
     for path in sorted(Path(search_dir).glob("*.json")):
         if path.name == TEST_SET_USES:
             continue
         how = f"rerun `python research/search.py {path.stem} --out {path}`"
-        record = checked(read_input(path, how), path, SEARCH_KEYS, {"variant": path.stem}, how)
-        if path.stem not in params.variants:
-            raise InputFileError(f"{path}: a search for {path.stem!r}, which params.yaml's variants lack; "
-                                 "delete it or add the variant")
-        searches[path.stem] = record
+        searches[path.stem] = checked(read_input(path, how), path, SEARCH_KEYS, {"variant": path.stem}, how)
     return searches
 
 

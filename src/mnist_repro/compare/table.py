@@ -10,7 +10,9 @@ best.* is the best-epoch test accuracy (the published metric), fin.* the last ep
 the 95% prediction interval for one more run of ours (stats.prediction_interval; null
 below stats.MIN_RUNS runs); pub: the published notebook's own log (reference.py); v:
 where the published value falls, "consistent" (not rejected, not proven equal),
-"above", "below", "too few runs", or "not run". best.also: how many OTHER variants'
+"above", "below", "too few runs", or "not run"; for a registered variant (params.yaml
+`registration`: no published run) fin.v is instead the outcome of its criterion, "met" or
+"not met" once every seed has run (registration_outcome). best.also: how many OTHER variants'
 published best values our interval also contains (what the verdict cannot tell
 apart). best.wu: the write-up's table value of best test, which is not always its
 log's best (the report names each disagreement). params: ours. pp.best: our data path
@@ -20,7 +22,9 @@ not run; the final-epoch one is in the report (a second column would pass 200
 characters). A value that does not exist is null (DVC shows "-").
 
 Rows are sorted by path, so each file is named <step>_<variant>.json with the
-variant's position in params.yaml: the rows then read in the drill-down's order.
+variant's position in params.yaml: the rows then read in the drill-down's order, the
+registered variants last. The criterion sits in fin.v rather than a column of its own: the
+table already fills 196 of the 200 columns, and a column is as wide as its widest word.
 The full detail (intervals' ends, the lists, every seed) is the report's.
 """
 
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.config import Params
+from ..core.config import Params, RegistrationConfig
 from ..core.errors import InputFileError
 from .reference import PublishedRun, Reference
 from .run_files import read_input
 from .stats import also_contains, prediction_interval, welch
 
 NOT_RUN = "not run"  # the verdicts of a variant not run yet
+MET, NOT_MET = "met", "not met"  # a registered variant's outcome against its criterion
 # table key -> (run-file key, PublishedRun attribute)
 METRICS = {"best": ("best_test_acc", "log_best"), "fin": ("final_test_acc", "log_final_test")}
 
@@ -85,20 +90,39 @@ def _cell(metric: str, runs: list[dict], published: PublishedRun | None, compara
     return cell
 
 
+def registration_outcome(runs: list[dict], registration: RegistrationConfig) -> str | None:
+    """A registered variant's outcome against its criterion (registration.min_final_test_mean and
+    min_seeds_at): MET or NOT_MET over all of registration.seeds, NOT_RUN with none run, and
+    "k/N runs" with some (run_files.read_runs refuses those: a partial result is not an outcome);
+    None for runs evaluated on a training holdout (the criterion is on the test set)."""
+    if not runs:
+        return NOT_RUN
+    if runs[0].get("evaluated_on", "test") != "test":
+        return None
+    if len(runs) < len(registration.seeds):
+        return f"{len(runs)}/{len(registration.seeds)} runs"
+    return MET if registration.met([r["final_test_acc"] for r in runs]) else NOT_MET
+
+
 def table_row(runs: list[dict], published: PublishedRun | None, others: dict,
-              published_path_runs: list[dict] | None, margin: float) -> dict:
-    """One variant's row. runs: its configured runs, train.seed first (empty: not run yet);
+              published_path_runs: list[dict] | None, margin: float,
+              registration: RegistrationConfig | None = None) -> dict:
+    """One variant's row. runs: its configured runs, its first seed's first (empty: not run yet);
     published: its reference entry or None; others: published_values(..., "best") of every
     variant; published_path_runs: its published-path reruns ([{"metrics", "history"}]) or
-    None; margin: published_path.margin."""
+    None; margin: published_path.margin; registration: params.registration for a registered
+    variant (fin.v is then its criterion's outcome), else None."""
     # The published numbers are test-set accuracies: runs evaluated on a training holdout have no verdict.
     comparable = bool(runs) and runs[0].get("evaluated_on", "test") == "test"
     diff = (same_seed_difference(runs, published_path_runs, "best_test_acc")
             if runs and published_path_runs else None)
-    return {"best": _cell("best", runs, published, comparable, others),
-            "fin": _cell("fin", runs, published, comparable, others),
-            "n": len(runs), "params": runs[0]["params"] if runs else None,
-            "pp": {"best": None if diff is None else diff.equivalence(margin)}}
+    row = {"best": _cell("best", runs, published, comparable, others),
+           "fin": _cell("fin", runs, published, comparable, others),
+           "n": len(runs), "params": runs[0]["params"] if runs else None,
+           "pp": {"best": None if diff is None else diff.equivalence(margin)}}
+    if registration is not None:
+        row["fin"]["v"] = registration_outcome(runs, registration)
+    return row
 
 
 def read_table(params: Params, table_dir: str | Path, runs: dict) -> dict:

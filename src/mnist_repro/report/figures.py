@@ -128,3 +128,25 @@ def misclassified_figure(images, true_labels, predicted, indices, path: str | Pa
         axes[0, 0].text(0, 0.5, "no misclassified test images", fontsize=12)
     fig.suptitle(title)
     return save_png(fig, path)
+
+
+def pareto_figure(points: list[tuple], path: str | Path, highlight=()) -> Path:
+    """Trainable parameters (log x) against mean final-epoch test accuracy, one labelled point per
+    variant: (name, parameters, mean, low, high), low and high the ends of the 95% prediction
+    interval for one more run (None: too few runs for one); `highlight`'s names (the registered
+    variants) drawn as stars."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for name, count, mean, low, high in points:
+        style = (dict(color="tab:red", marker="*", markersize=12) if name in highlight
+                 else dict(color="tab:blue", marker="o", markersize=6))
+        ax.errorbar([count], [mean], yerr=None if low is None else [[mean - low], [high - mean]], linestyle="none",
+                    capsize=3, **style)
+        ax.annotate(name, (count, mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("final-epoch test accuracy, mean over seeds (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("Parameters against mean final test accuracy\n(bars: 95% prediction interval for one more run; "
+                 "stars: registered variants)", fontsize=10)
+    return save_png(fig, path)

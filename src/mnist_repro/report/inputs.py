@@ -78,7 +78,7 @@ class ReportInputs:
     @property
     def final_variant(self) -> VariantConfig:
         """The drill-down's last step; its misclassified digits are shown."""
-        return list(self.params.variants.values())[-1]
+        return self.params.variants[last_step(self.params)]
 
     @property
     def ran(self) -> dict:
@@ -89,9 +89,20 @@ class ReportInputs:
     def not_run(self) -> list[str]:
         return [name for name, runs in self.runs.items() if not runs]
 
+    def repro(self, name: str) -> str:
+        """What `dvc repro` runs a variant not run yet: its main run's stage, or a registered variant's
+        group of stages (its seeds run together)."""
+        return "registered" if self.params.registered(name) else self.params.stage_of(name, self.params.train.seed)
+
     def how_to_run(self, name: str) -> str:
         """What a table shows in place of a variant's numbers while it is not run."""
-        return f"not run yet: `dvc repro {self.params.stage_of(name, self.params.train.seed)}`"
+        return f"not run yet: `dvc repro {self.repro(name)}`"
+
+
+def last_step(params: Params) -> str:
+    """The drill-down's last variant (registered variants come after it, and their stages write no
+    misclassified images)."""
+    return [name for name in params.variants if not params.registered(name)][-1]
 
 
 def load_inputs(paths: ReportPaths) -> ReportInputs:
@@ -101,7 +112,7 @@ def load_inputs(paths: ReportPaths) -> ReportInputs:
                         table=read_table(params, paths.table, runs),
                         runs=runs, histories=read_histories(params, paths.history, runs),
                         published_path=read_published_path(params, paths.published_path),
-                        errors=read_errors(params, paths.errors, list(params.variants)[-1], runs),
+                        errors=read_errors(params, paths.errors, last_step(params), runs),
                         precision=read_precision_runs(params, paths.precision, paths.runs),
                         confirmation=read_confirmation(params, paths.confirmation),
                         searches=read_searches(params, paths.search) if paths.search else {},

@@ -65,7 +65,10 @@ def wall_time_section(inputs: ReportInputs) -> list[str]:
     rows = []
     for name, runs in inputs.runs.items():
         seconds = [r["wall_seconds"] for r in runs]
-        rows.append([name, len(runs), duration(seconds[0]), duration(sum(seconds) / len(seconds)),
+        # a registered variant's first run is of its first seed, not train.seed's
+        first = runs and duration(seconds[0]) + ("" if runs[0]["seed"] == inputs.params.train.seed
+                                                 else f" (seed {runs[0]['seed']})")
+        rows.append([name, len(runs), first, duration(sum(seconds) / len(seconds)),
                      duration(sum(seconds))] if runs else [name, 0, inputs.how_to_run(name), "–", "–"])
         if len(machines) > 1:
             rows[-1].append(describe_machine(runs[0]) if runs else "–")

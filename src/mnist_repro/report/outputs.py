@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..core.data import load_split
 from ..core.errors import InputFileError
-from .figures import comparison_figure, misclassified_figure, overlay_figure
+from .figures import comparison_figure, misclassified_figure, overlay_figure, pareto_figure
 from ..core.files import write_json
-from ..compare.stats import mean_curve
+from ..compare.stats import mean_curve, prediction_interval
 from .inputs import ReportInputs
 
 MISCLASSIFIED_SHOWN = 25
@@ -57,10 +57,23 @@ def write_figures(inputs: ReportInputs, figures_dir: Path, data_root) -> dict[st
     curves = {name: [(c["epoch"], c["mean"]) for c in mean_curve(h)] for name, h in inputs.histories.items() if h}
     if curves:
         figures["overlay"] = overlay_figure(curves, figures_dir / "test_accuracy_overlay.png", target)
+    registered = list(inputs.params.registration.variants)
+    if registered:  # only beside a registration: the report without one is unchanged
+        figures["pareto"] = pareto_figure(pareto_points(inputs), figures_dir / "params_vs_final_test.png", registered)
     if inputs.errors is not None and inputs.errors.get("evaluated_on", "test") == "test":
         figures["misclassified"] = write_misclassified(
             inputs, data_root, figures_dir / f"misclassified_{inputs.final_variant.name}.png")
     return figures
+
+
+def pareto_points(inputs: ReportInputs) -> list[tuple]:
+    """(name, parameters, mean final test, interval's low, high) of every variant with runs on the test set."""
+    points = []
+    for name, runs in inputs.ran.items():
+        if runs[0].get("evaluated_on", "test") == "test":
+            interval = prediction_interval([r["final_test_acc"] for r in runs])
+            points.append((name, runs[0]["params"], interval.mean, interval.low, interval.high))
+    return points
 
 
 def curve_rows(inputs: ReportInputs) -> list[dict]:

@@ -14,6 +14,7 @@ from .compile_check import compile_check_section
 from .machine import model_cards, precision_section, runs_section, steps_section, wall_time_section
 from .outputs import MISCLASSIFIED_SHOWN
 from .paths import published_path_section
+from .registration import registration_section
 from .search import search_section
 from .verdicts import disagreements, power_section, rule_section, seeds_section, side_by_side
 
@@ -25,7 +26,7 @@ def intro(inputs: ReportInputs, src: dict) -> list[str]:
              f"the run files in {src['runs']}. No number here is typed by hand.", ""]
     if inputs.not_run:
         lines += [f"**{len(inputs.not_run)} of {len(inputs.runs)} variants not run yet**: "
-                  + ", ".join(f"`{n}` (`dvc repro {inputs.params.stage_of(n, inputs.params.train.seed)}`)"
+                  + ", ".join(f"`{n}` (`dvc repro {inputs.repro(n)}`)"
                               for n in inputs.not_run)
                   + ". Every table lists them as not run, with their published numbers; totals count only the "
                   "runs that exist.", ""]
@@ -48,11 +49,15 @@ def verdict_sections(inputs: ReportInputs) -> list[str]:
                     "## Every seed", "", *seeds_section(inputs), ""]
 
 
-def search_sections(inputs: ReportInputs) -> list[str]:
+def search_sections(inputs: ReportInputs, link_to: dict) -> list[str]:
     lines = []
     for name, record in inputs.searches.items():
+        if inputs.params.registered(name):
+            continue  # in its registered variant's section
         uses = sum(u["variant"] == name for u in inputs.test_set_uses)
         lines += [f"## Design search: {name}", "", *search_section(name, record, inputs.params, uses), ""]
+    for name in inputs.params.registration.variants:
+        lines += [f"## Registered variant: {name}", "", *registration_section(inputs, name, link_to), ""]
     lines += [f"## Confirmation: {inputs.params.confirmation.variant}", "", *confirmation_section(inputs), "",
               "## Provenance: when each decision was fixed", "", *provenance_section(inputs.provenance), ""]
     return lines
@@ -97,7 +102,7 @@ def render_report(inputs: ReportInputs, figures: dict[str, Path], report_dir: Pa
     src = {key: f"[{link(path, report_dir.parent)}]({link(path, report_dir)})" for key, path in sources.items()}
     lines = [*intro(inputs, src), "## The runs", "", *runs_section(inputs), "",
              "The drill-down, one step per variant:", "", *steps_section(inputs.params, inputs.reference), "",
-             *verdict_sections(inputs), *search_sections(inputs), *curve_sections(inputs, link_to),
+             *verdict_sections(inputs), *search_sections(inputs, link_to), *curve_sections(inputs, link_to),
              "## Mixed precision", "", *precision_section(inputs.params, inputs.precision), "",
              "## Compiled against eager", "", *compile_check_section(inputs.params, inputs.runs, inputs.compile_check,
                                                                      inputs.how_to_run), "",

@@ -1,5 +1,6 @@
 """The report's section on a design search: what it tried, what each candidate scored on its
-validation split, what one change at a time did, and which candidate params.yaml holds."""
+validation split, what one change at a time did, and which candidate params.yaml holds (none
+while the searched design is no variant of params.yaml: not registered yet)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def one_change_effects(record: dict) -> list[list]:
 
 def search_section(name: str, record: dict, params: Params, test_uses: int = 0) -> list[str]:
     """test_uses: how many times the test set was used for this variant's design before its
-    confirmation (research/test_set_uses.py's record)."""
+    confirmation (research/test_set_uses.py's record). The experiments ran the record's stage
+    (another variant's, for a design searched with its stage), its overrides keyed by that variant."""
     exps = record["experiments"]
-    recipe = {k: getattr(params.variants[name], k) for k in record["candidates"][0]["recipe"]}
+    stage = record.get("stage", f"train@{name}")
+    variant = params.variants.get(name)
+    recipe = variant and {k: getattr(variant, k) for k in record["candidates"][0]["recipe"]}
     # the first match: a recipe scored on several splits is chosen on the largest, ranked first
     chosen = next((i for i, c in enumerate(record["candidates"]) if c["recipe"] == recipe), None)
     trained = " or ".join(f"{n:,}" for n in sorted({e["train_images"] for e in exps}))
@@ -41,13 +45,15 @@ def search_section(name: str, record: dict, params: Params, test_uses: int = 0) 
     uses = (f"The test set was not used by the search itself, but {test_uses} earlier design"
             f"{'s were' if test_uses != 1 else ' was'} run on it before the confirmation (section "
             "\"Confirmation\"). " if test_uses else "")
-    lines = [f"{len(exps)} experiments of `train@{name}`, each trained on {trained} training images and scored "
+    lines = [f"{len(exps)} experiments of `{stage}`, each trained on {trained} training images and scored "
              f"on the last {held} (`train.holdout`). {uses}Rule: {record['rule']}. "
              + (f"`params.yaml` has candidate {chosen + 1}." if chosen is not None else
+                f"`params.yaml` has no variant `{name}`: the design is not registered yet "
+                "(`registration.variants`)." if variant is None else
                 "`params.yaml`'s entry matches no candidate: rerun the search or set one of them."), ""]
-    rows = []
+    rows, keyed = [], f"variants.{stage.split('@', 1)[-1]}."  # an override's key, less the stage variant's entry
     for i, c in enumerate(record["candidates"], 1):
-        changed = ", ".join(f"`{k.removeprefix(f'variants.{name}.')}={v}`" for k, v in c["overrides"].items()
+        changed = ", ".join(f"`{k.removeprefix(keyed)}={v}`" for k, v in c["overrides"].items()
                             if k not in SEARCH_FIXED) or "(the baseline's entry)"
         rank = f"{i}{' (chosen)' if i - 1 == chosen else ''}" if c.get("within_budget", True) else "reference"
         rows.append([rank, c["model"], f"{c['params']:,}", changed, f"{c['validation_images']:,}",

@@ -33,11 +33,15 @@ def side_by_side(inputs: ReportInputs) -> str:
                          pair(None, pub and pub.log_best_train, pct), pair(None, pub and pub.log_best_test["epoch"])])
             continue
         s = seed_summary(runs)
+        # a registered variant: fin.v is its criterion's outcome, its first run another seed than train.seed
+        registered = inputs.params.registered(name)
         rows.append([name, len(runs), pair(runs[0]["params"], pub and pub.params, lambda v: f"{v:,}"),
                      interval_text([r["best_test_acc"] for r in runs]), pct(row["best"]["pub"]), row["best"]["v"],
-                     interval_text([r["final_test_acc"] for r in runs]), pct(row["fin"]["pub"]), row["fin"]["v"],
+                     interval_text([r["final_test_acc"] for r in runs]), pct(row["fin"]["pub"]),
+                     f"criterion {row['fin']['v']}" if registered and row["fin"]["v"] else row["fin"]["v"],
                      pair(s["best_train"]["mean"], pub and pub.log_best_train, pct),
-                     pair(runs[0]["best_test_epoch"], pub and pub.log_best_test["epoch"])])
+                     pair(f"{runs[0]['best_test_epoch']} (seed {runs[0]['seed']})" if registered
+                          else runs[0]["best_test_epoch"], pub and pub.log_best_test["epoch"])])
     return markdown_table(headers, rows, numeric={1, 4, 7})
 
 
