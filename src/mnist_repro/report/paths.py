@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from .markdown import markdown_table, pct, signed
+from .markdown import markdown_table, pct
 from ..compare.run_files import published_path_note
-from ..compare.stats import LEVEL
 from ..compare.table import same_seed_difference, same_seeds
 from .decisions import entry_of, when
+from .equivalence import DIFFERENCE_HEADERS, KEYS, difference_cells, rule_text
 from .inputs import ReportInputs
-
-KEYS = {"best test": "best_test_acc", "final test": "final_test_acc"}
-
-
-def _ci(diff, level: float) -> str:
-    low, high = diff.ci(level)
-    return f"[{low:+.2f}, {high:+.2f}]"
 
 
 def _exploratory(record: dict) -> str:
@@ -28,15 +21,11 @@ def _exploratory(record: dict) -> str:
 
 def published_path_section(inputs: ReportInputs) -> list[str]:
     cfg = inputs.params.published_path
-    equiv = 1 - 2 * (1 - LEVEL)
     lines = [
         f"The published notebooks' data path (DataLoader + PIL transforms) rerun on this pipeline for "
         f"{', '.join(f'`{n}`' for n in cfg.variants)}, seeds {', '.join(map(str, cfg.seeds))}, against our runs of "
         "the same seeds. Difference of means, ours − published path, with Welch's confidence intervals "
-        "(Welch–Satterthwaite df). Rule (TOST, two one-sided tests at 5%), margin "
-        f"±{cfg.margin:.2f} points from `params.yaml` (`published_path.margin`): "
-        f"*equivalent* when the {equiv:.0%} CI lies inside ±{cfg.margin:.2f}; else *different* when the "
-        f"{LEVEL:.0%} CI excludes 0; else *inconclusive*. "
+        f"(Welch–Satterthwaite df). {rule_text(cfg.margin, 'published_path.margin')} "
         f"The margin: {when(inputs.provenance, 'published_path.margin')}; "
         f"the seeds: {when(inputs.provenance, 'published_path.seeds')}.{_exploratory(inputs.provenance)}",
         "",
@@ -53,12 +42,10 @@ def published_path_section(inputs: ReportInputs) -> list[str]:
             seeds, ours, theirs = same_seeds(runs, published_path_runs, key)
             rows.append([name, label, ", ".join(map(str, seeds)), ", ".join(map(pct, ours)),
                          ", ".join(map(pct, theirs)),
-                         *([signed(diff.diff), _ci(diff, LEVEL), _ci(diff, equiv), f"{diff.df:.1f}",
-                            diff.equivalence(cfg.margin)] if diff else ["–", "–", "–", "–", "fewer than 2 seeds"])])
+                         *difference_cells(diff, diff.equivalence(cfg.margin) if diff else None)])
     if rows:
         lines += [markdown_table(["Variant", "Metric", "Seeds", "Ours per seed", "Published path per seed",
-                                  "Difference", f"{LEVEL:.0%} CI", f"{equiv:.0%} CI", "df", "Verdict"], rows,
-                                 numeric={5, 8}), ""]
+                                  *DIFFERENCE_HEADERS], rows, numeric={5, 8}), ""]
     if not_run:
         lines += ["Not run yet (the table's `pp.best` is empty for them):", "", *not_run]
     return lines
