@@ -201,6 +201,7 @@ def report_argv(mnist_root):
                          "--table", root / "metrics/table", "--runs", root / "metrics/runs",
                          "--history", root / "metrics/history", "--published-path", root / "metrics/published_path",
                          "--confirmation", root / "metrics/confirmation", "--errors", root / "metrics/errors",
+                         "--data-path-test", root / "metrics/data_path_test",
                          "--precision", root / "metrics/precision", "--data", mnist_root,
                          "--out", root / "metrics/report.md", "--figures", root / "metrics/figures",
                          "--curves", root / "metrics/curves.json"]

@@ -11,7 +11,9 @@ with exceptions for what is "not run yet": a variant whose main run file is miss
 (its first seed's: one variant can take hours, and the others are worth comparing
 meanwhile; its other seeds wait for it), a published-path variant or the confirmation with none of its
 files. Partly run, they are an error: a result from the seeds that happen to be done
-would be a result chosen by the clock.
+would be a result chosen by the clock. The confirmatory data-path test (data_path_test.variants
+x data_path_test.seeds on both data paths, stages data_path_ours@ and data_path_published@) is
+read as far as it has run: the report counts its runs and gives no verdict until all are in.
 
 Where each file lives is written in dvc.yaml only (the training stages' outs, the report
 stage's deps): the compare and report stages pass the directories, and the readers below
@@ -121,15 +123,17 @@ def read_histories(params: Params, history_dir: str | Path, runs: dict) -> dict:
     return histories
 
 
-def _runs_and_histories(paths: list[tuple], what: str, keys: tuple) -> list[dict]:
+def _runs_and_histories(paths: list[tuple], what: str, keys: tuple, partial: bool = False) -> list[dict]:
     """[(seed, run path, history path, expected values, stage)] -> [{"metrics", "history"}] for a set of
     seeds that is run together, each run file holding `keys`: [] when none of its run files exists,
-    an error when some do."""
+    an error when some do; with partial, the seeds whose run files exist (the caller counts them)."""
     present = [p for p in paths if p[1].is_file()]
     if not present:
         return []
     missing = [p for p in paths if not p[1].is_file()]
-    if missing:
+    if partial:
+        paths = present
+    elif missing:
         seed, path, _, _, stage = missing[0]
         raise InputFileError(f"{path}: missing, while {len(present)} of {len(paths)} seeds of {what} exist (a "
                              f"result from some seeds would be chosen by the clock); run `dvc repro {stage}`")
@@ -161,6 +165,31 @@ def published_path_note(params: Params, name: str) -> str:
         return "no runs configured (`published_path.seeds` is empty)"
     return (f"not run yet: `dvc repro published_path@{name}-{seeds[0]}` ... `published_path@{name}-{seeds[-1]}`"
             if len(seeds) > 1 else f"not run yet: `dvc repro published_path@{name}-{seeds[0]}`")
+
+
+DATA_PATH_STAGES = {"ours": "data_path_ours", "published": "data_path_published"}  # side -> its stage group
+
+
+def read_data_path_test(params: Params, test_dir: str | Path) -> dict:
+    """side ("ours", "published") -> variant -> [{"metrics", "history"}] of the confirmatory data-path
+    test (data_path_test.variants x data_path_test.seeds, <side>/runs/ and <side>/history/ under
+    test_dir), in seed order: the seeds whose run files exist. Unlike the sets above, part of it is no
+    error: the report counts the runs in and gives no verdict until every seed of both paths is. A
+    variant's runs on both paths must share their shape (epochs, images, evaluated on)."""
+    cfg, root = params.data_path_test, Path(test_dir)
+    out = {side: {} for side in DATA_PATH_STAGES}
+    for name in cfg.variants:
+        for side, stage in DATA_PATH_STAGES.items():
+            paths = [(s, seed_file(root / side / "runs", name, s), seed_file(root / side / "history", name, s),
+                      {"variant": name, "seed": s, "data_path": side}, f"{stage}@{name}-{s}") for s in cfg.seeds]
+            out[side][name] = _runs_and_histories(paths, f"{stage}@{name}", (*RUN_KEYS, "data_path"), partial=True)
+        shapes = {(m["epochs"], m["train_images"], m["test_images"], m.get("evaluated_on", "test"))
+                  for side in out for m in (r["metrics"] for r in out[side][name])}
+        if len(shapes) > 1:
+            raise InputFileError(f"{root}: the data-path test's runs of {name} differ in (epochs, train images, "
+                                 f"test images, evaluated on): {sorted(shapes)}; rerun them with the same params "
+                                 "(`dvc repro`)")
+    return out
 
 
 def read_confirmation(params: Params, confirmation_dir: str | Path) -> list[dict]:
@@ -232,3 +261,25 @@ def read_test_set_uses(search_dir: str | Path) -> list[dict]:
                 raise InputFileError(f"{path}: uses[{i}].runs: entries need seed, best_test_acc and "
                                      f"final_test_acc, got {run!r}; {how}")
     return record["uses"]
+
+
+POWER_KEYS = ("metric", "margin", "variants")
+
+
+def read_data_path_power(path: str | Path) -> dict:
+    """The data-path test's planned power (research/data_path_power.py's record): {"metric", "margin",
+    "variants": {variant: {"ours": {"seeds", "sd"}, "published_path": {"seeds", "sd"},
+    "power_equivalent_if_no_difference": {"<n>": chance}}}}."""
+    path = Path(path)
+    how = f"run `python research/data_path_power.py --margin <data_path_test.margin> --out {path}` and commit it"
+    record = checked(read_input(path, how), path, POWER_KEYS, {}, how)
+    if not isinstance(record["variants"], dict):
+        raise InputFileError(f"{path}: variants: expected a mapping of variant to its power; {how}")
+    for name, entry in record["variants"].items():
+        checked(entry, path, ("ours", "published_path", "power_equivalent_if_no_difference"), {}, how)
+        sides = [entry[side] for side in ("ours", "published_path")]
+        if (not all(isinstance(s, dict) and {"seeds", "sd"} <= set(s) for s in sides)
+                or not isinstance(entry["power_equivalent_if_no_difference"], dict)):
+            raise InputFileError(f"{path}: variants.{name}: needs ours and published_path with seeds and sd, and "
+                                 f"power_equivalent_if_no_difference as a mapping of n to chance; {how}")
+    return record

@@ -11,8 +11,8 @@ from ..core.config import Params, VariantConfig, load_params
 from .precision import read_precision_runs
 from ..compare.provenance import build_record
 from ..compare.reference import Reference, load_reference
-from ..compare.run_files import (read_confirmation, read_errors, read_histories, read_published_path, read_runs,
-                         read_searches, read_test_set_uses)
+from ..compare.run_files import (read_confirmation, read_data_path_power, read_data_path_test, read_errors,
+                                 read_histories, read_published_path, read_runs, read_searches, read_test_set_uses)
 from ..compare.table import read_table
 from .compile_check import read_compile_check
 
@@ -32,6 +32,8 @@ class ReportPaths:
     history: Path = _flag("directory holding <variant>/seed_<s>.json per-epoch histories")
     published_path: Path = _flag("directory holding runs/ and history/ of the published-path reruns")
     confirmation: Path = _flag("directory holding runs/ and history/ of the confirmation runs (confirm@<seed>)")
+    data_path_test: Path = _flag("directory holding ours/ and published/, each with runs/ and history/, of the "
+                                 "confirmatory data-path test (data_path_ours@ and data_path_published@)")
     errors: Path = _flag("directory holding <variant>.json misclassified test images")
     precision: Path = _flag("directory holding the precision@<seed> runs' seed_<s>.json")
     data: Path = _flag("root holding MNIST/raw (the test images drawn)")
@@ -42,6 +44,7 @@ class ReportPaths:
     search: Path | None = _flag("directory holding <variant>.json design-search records (research/search.py) "
                                 "and test_set_uses.json (research/test_set_uses.py)", None)
     compile_check: Path | None = _flag("directory holding runs/ and history/ of the compile_check@ runs", None)
+    data_path_power: Path | None = _flag("the data-path test's planned power (research/data_path_power.json)", None)
     provenance: Path | None = _flag("write the provenance record (when each decision was fixed, read from git "
                                     "history) to this JSON file", None)
 
@@ -74,6 +77,8 @@ class ReportInputs:
     test_set_uses: list = field(default_factory=list)  # earlier uses of the test set (run_files.read_test_set_uses)
     provenance: dict = field(default_factory=dict)     # when each decision was fixed (provenance.build_record)
     compile_check: dict = field(default_factory=dict)  # variant -> its compile_check@ runs; absent if not run
+    data_path_test: dict = field(default_factory=dict)  # "ours"/"published" -> variant -> the runs in so far
+    data_path_power: dict | None = None  # the data-path test's planned power; None: not given
 
     @property
     def final_variant(self) -> VariantConfig:
@@ -119,4 +124,7 @@ def load_inputs(paths: ReportPaths) -> ReportInputs:
                         test_set_uses=read_test_set_uses(paths.search) if paths.search else [],
                         provenance=build_record(paths.params, paths.runs.parent),
                         compile_check=read_compile_check(params, paths.compile_check) if paths.compile_check
-                        else {})
+                        else {},
+                        data_path_test=read_data_path_test(params, paths.data_path_test),
+                        data_path_power=read_data_path_power(paths.data_path_power) if paths.data_path_power
+                        else None)

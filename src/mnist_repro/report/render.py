@@ -7,6 +7,7 @@ from pathlib import Path
 from .markdown import link
 from .across import across_section
 from .confirmation import confirmation_section
+from .data_path_test import data_path_test_section
 from .decisions import provenance_section
 from .epochs import gap_section, outside_section
 from .inputs import ReportInputs
@@ -66,6 +67,7 @@ def search_sections(inputs: ReportInputs, link_to: dict) -> list[str]:
 def curve_sections(inputs: ReportInputs, link_to: dict) -> list[str]:
     lines = ["## Outside the interval", "", *outside_section(inputs), "",
              "## Our data path against the published data path", "", *published_path_section(inputs), "",
+             "## The confirmatory data-path test", "", *data_path_test_section(inputs), "",
              "## Per-epoch gap to the published logs", "", *gap_section(inputs), ""]
     if "overlay" in link_to:
         lines += [f"![test accuracy of every variant run]({link_to['overlay']})", ""]
