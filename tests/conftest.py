@@ -40,12 +40,17 @@ PIPELINE_FIXTURES = {"finished_pipeline", "copy_finished_pipeline"}
 
 def pytest_collection_modifyitems(items):
     """One way to mark a slow test: `pytest.mark.slow`, on the test or its module (pytestmark),
-    written where a reader sees it; a test that runs the pipeline without it stops collection."""
+    written where a reader sees it; a test that runs the pipeline without it stops collection.
+
+    Under pytest-xdist (pyproject's addopts), each test joins one group that a single worker runs:
+    `pipeline` for the tests of the shared DVC pipeline (built once per worker that needs it), else
+    its module (its module-scoped fixtures built once)."""
     for item in items:
         used = PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ()))
         if used and item.get_closest_marker("slow") is None:
             raise pytest.UsageError(f"{item.nodeid} uses {sorted(used)[0]} (a whole DVC pipeline): "
                                     "mark it @pytest.mark.slow")
+        item.add_marker(pytest.mark.xdist_group("pipeline" if used else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import types
 
 import pytest
 import yaml
+from support.params import rejected
 
 from mnist_repro.core.config import LaunchConfig, Params, load_params, parse_params
 from mnist_repro.core.errors import ParamsError
@@ -18,14 +19,6 @@ from mnist_repro.training.launch import check_launch
 @pytest.fixture(scope="module")
 def raw(repo_root):
     return yaml.safe_load((repo_root / "params.yaml").read_text())
-
-
-def rejected(raw, mutate) -> str:
-    bad = copy.deepcopy(raw)
-    mutate(bad)
-    with pytest.raises(ParamsError) as info:
-        parse_params(bad)
-    return str(info.value)
 
 
 def test_repo_params_load(repo_root):

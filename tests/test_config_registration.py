@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 import yaml
+from support.params import rejected
 from support.projects import DVC, REPO, init_project, sh
 
 from mnist_repro.core.config import RegisteredVariant, VariantConfig, load_params, parse_params
@@ -33,14 +34,6 @@ def raw():
 @pytest.fixture(scope="module")
 def registered(raw):
     return {**copy.deepcopy(raw), "registration": copy.deepcopy(REGISTRATION)}
-
-
-def rejected(raw, mutate) -> str:
-    bad = copy.deepcopy(raw)
-    mutate(bad)
-    with pytest.raises(ParamsError) as info:
-        parse_params(bad)
-    return str(info.value)
 
 
 def test_params_without_the_section_register_nothing(raw):

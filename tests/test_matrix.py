@@ -562,9 +562,10 @@ def matrix_params() -> dict:
                           "benchmark.repeats": 1, "benchmark.mixed_precision": "fp16", "train.cpu_threads": 1}}
 
 
-# compare and report read these folders; with no published-path, confirmation, precision or
-# compile-check stage nothing writes them.
-EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision", "metrics/compile_check")
+# compare and report read these folders; with no published-path, confirmation, precision,
+# compile-check or data-path-test stage nothing writes them.
+EMPTY_INPUTS = ("metrics/published_path", "metrics/confirmation", "metrics/precision", "metrics/compile_check",
+                "metrics/data_path_test")
 TRAINING = ("train@skeleton", "train@under_5k")
 
 
