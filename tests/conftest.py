@@ -38,6 +38,7 @@ def pytest_configure(config):
 PIPELINE_FIXTURES = {"finished_pipeline", "copy_finished_pipeline"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     """One way to mark a slow test: `pytest.mark.slow`, on the test or its module (pytestmark),
     written where a reader sees it; a test that runs the pipeline without it stops collection.
